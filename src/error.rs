@@ -1,0 +1,71 @@
+//! The errors a command can end with, and the exit code of each.
+//!
+//! Owns the mapping from failures to exit codes (SPEC §1: 0 success, 1 not
+//! found, 2 anything else). Each variant's message is the one sentence the
+//! user sees on stderr, so it must name the file, line or key at fault and
+//! what to do; it must never be a debug dump.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use thiserror::Error;
+
+use crate::datadir::DataDirError;
+use crate::snapshot::{ReadError, WriteError};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(
+        "cannot load the data file: {0}; fix or remove that line (the file was left untouched)"
+    )]
+    Load(ReadError),
+    #[error("{0}; the previous data file was left intact")]
+    Save(#[from] WriteError),
+    #[error("cannot listen on {addr}: {error}; choose another --port or --bind")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        error: io::Error,
+    },
+    #[error("cannot start the server: {what} failed: {error}")]
+    Startup {
+        what: &'static str,
+        #[source]
+        error: io::Error,
+    },
+    #[error("cannot install the signal handler: {0}")]
+    Signals(#[from] ctrlc::Error),
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] io::Error),
+    #[error("cannot use {}: {error}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+}
+
+/// How a command that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// `kvs get` found no such key: exit 1, like grep.
+    NotFound,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(outcome: Outcome) -> ExitCode {
+        match outcome {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::NotFound => ExitCode::from(1),
+        }
+    }
+}
+
+/// The exit code of every error: usage errors (from clap) and failures
+/// alike are 2.
+pub const FAILURE: u8 = 2;

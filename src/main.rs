@@ -1,0 +1,54 @@
+//! The `kvs` binary: parse the command line, run one subcommand, turn its
+//! result into an exit code. Nothing else lives here.
+
+mod cli;
+mod datadir;
+mod error;
+mod routes;
+mod serve;
+mod server;
+mod shutdown;
+mod snapshot;
+mod store;
+mod validate;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::{Error, Outcome};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(outcome) => outcome.into(),
+        Err(e) => {
+            eprintln!("kvs: error: {e}");
+            ExitCode::from(error::FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<Outcome, Error> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            // Installed before the data is loaded, so a signal that comes
+            // while loading still ends in an orderly save and exit 0.
+            let signals = shutdown::Signals::install()?;
+            serve::run(args, signals)?;
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+/// Log lines go to stderr, one event a line, with a UTC timestamp.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

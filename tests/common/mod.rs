@@ -1,0 +1,309 @@
+//! Test fixtures shared by the integration tests: a real `kvs serve`
+//! process on a free port in a temp dir, and a plain HTTP/1.1 client that
+//! shows responses byte for byte.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub const KVS: &str = env!("CARGO_BIN_EXE_kvs");
+
+/// How long a server may take to start or stop before a test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running `kvs serve`. Killed (by pid) when dropped, so a failing test
+/// never leaves a server behind.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+/// How a server process ended.
+pub struct Exit {
+    pub status: ExitStatus,
+    pub log: String,
+    pub took: Duration,
+}
+
+impl Server {
+    /// Starts `kvs serve` on a free port with `dir` as working directory,
+    /// and waits until it listens.
+    pub fn start(dir: &Path, args: &[&str]) -> Server {
+        match Server::try_start(dir, args) {
+            Ok(server) => server,
+            Err(exit) => panic!(
+                "kvs serve exited with {} before listening:\n{}",
+                exit.status, exit.log
+            ),
+        }
+    }
+
+    /// Like `start`, but returns how the process ended if it exits before
+    /// listening.
+    pub fn try_start(dir: &Path, args: &[&str]) -> Result<Server, Exit> {
+        let started = Instant::now();
+        let mut child = Command::new(KVS)
+            .arg("serve")
+            .arg("--port=0")
+            .arg("--working-dir")
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvs");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log_writer = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                let mut log = log_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(addr) => {
+                    return Ok(Server {
+                        child,
+                        addr,
+                        dir: dir.to_owned(),
+                        log,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                // Let the reader thread catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                let log = log.lock().unwrap().clone();
+                return Err(Exit {
+                    status,
+                    log,
+                    took: started.elapsed(),
+                });
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "kvs serve did not start in time"
+            );
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("send signal");
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(self) -> Exit {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    pub fn stop_with(self, signal: Signal) -> Exit {
+        self.signal(signal);
+        self.wait()
+    }
+
+    /// Waits for the process to exit on its own (after a signal sent).
+    pub fn wait(mut self) -> Exit {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Exit {
+                    status,
+                    log: self.log(),
+                    took: started.elapsed(),
+                };
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "kvs serve did not exit in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Response {
+        request(self.addr, "GET", &format!("/kv/{key}"), None)
+    }
+
+    pub fn put(&self, key: &str, value: &str) -> Response {
+        request(
+            self.addr,
+            "PUT",
+            &format!("/kv/{key}"),
+            Some(value.as_bytes()),
+        )
+    }
+
+    pub fn delete(&self, key: &str) -> Response {
+        request(self.addr, "DELETE", &format!("/kv/{key}"), None)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Exit {
+    pub fn assert_clean(&self) {
+        assert_eq!(
+            self.status.code(),
+            Some(0),
+            "exit status; log:\n{}",
+            self.log
+        );
+    }
+}
+
+/// An HTTP response as it came off the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("UTF-8 body")
+    }
+
+    /// Asserts status and body, and that the Content-Type is the API's.
+    #[track_caller]
+    pub fn assert(&self, status: u16, body: &str) {
+        assert_eq!(
+            (self.status, self.text()),
+            (status, body),
+            "response: {self:?}"
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("text/plain; charset=utf-8"),
+            "content-type of {self:?}"
+        );
+    }
+}
+
+/// Sends one request on a new connection and reads the whole response.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Response {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body.unwrap_or_default());
+    send_raw(addr, &raw).expect("request")
+}
+
+/// Sends raw bytes on a new connection and parses what comes back; an
+/// error if the server closed the connection without a response.
+pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.write_all(raw)?;
+    read_response(&mut stream, raw.starts_with(b"HEAD "))
+}
+
+/// Reads one response from `stream`, which the server then closes or
+/// keeps open.
+pub fn read_response(stream: &mut TcpStream, head: bool) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(len) = parsed
+            .parse(&buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+        {
+            let status = parsed.code.unwrap();
+            let headers: Vec<(String, String)> = parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            if status == 100 {
+                buf.drain(..len);
+                continue;
+            }
+            let content_length: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let body_len = if head { 0 } else { content_length };
+            while buf.len() < len + body_len {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(Response {
+                status,
+                headers,
+                body: buf[len..len + body_len].to_vec(),
+            });
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The data file of a working directory, as text.
+pub fn data_file(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("snapshot.jsonl")).unwrap_or_default()
+}
+
+/// A fresh temporary working directory.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
