@@ -60,9 +60,7 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     };
     let addr = SocketAddr::new(args.bind, args.port);
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|error| Error::Listen { addr, error })?;
+        let listener = listen(addr).map_err(|error| Error::Listen { addr, error })?;
         let local = listener.local_addr().unwrap_or(addr);
         info!("listening on {local}");
         server::run(
@@ -81,7 +79,7 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     store.freeze();
     let started = Instant::now();
     let view = store.view();
-    let saved = snapshot::write_atomic(&data_file, view.iter())?;
+    let saved = snapshot::write_atomic(&data_file, view.sorted())?;
     info!(
         "saved {} keys ({} bytes) to {} in {} ms",
         saved.records,
@@ -91,6 +89,23 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     );
     info!("exiting");
     Ok(())
+}
+
+/// Binds the listening socket with a deep accept queue: the default of 128
+/// (std's and so tokio's) overflows when thousands of clients connect at
+/// once, and each overflow costs a client a one-second SYN retransmit.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    /// The kernel caps this at net.core.somaxconn.
+    const BACKLOG: u32 = 4096;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std does: a restart may bind while old connections linger in
+    // TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Raises the open-files soft limit to the hard limit, so that the server
