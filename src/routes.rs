@@ -9,6 +9,7 @@
 //! fixes those to the byte. This module must never touch files or block:
 //! it runs on tokio's worker threads.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -142,13 +143,14 @@ async fn handle<B: Buf>(
     }
 }
 
-/// Percent-decodes and validates a key from the path.
-fn decode_key(raw: &str) -> Result<String, validate::KeyError> {
+/// Percent-decodes and validates a key from the path. Borrows from the
+/// path when nothing needed decoding, which is nearly always.
+fn decode_key(raw: &str) -> Result<Cow<'_, str>, validate::KeyError> {
     let key = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| validate::KeyError::InvalidCharacters)?;
     validate::key(&key)?;
-    Ok(key.into_owned())
+    Ok(key)
 }
 
 /// Reads a PUT body, refusing it as soon as it is known to be too large:
