@@ -124,8 +124,7 @@ impl Store {
     }
 
     fn with_capacity(pairs: usize) -> Self {
-        // A little slack per shard: keys do not spread perfectly evenly.
-        let per_shard = pairs.div_ceil(SHARDS) + pairs.div_ceil(SHARDS * 16);
+        let per_shard = per_shard_capacity(pairs);
         Store {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -232,6 +231,12 @@ impl Store {
     }
 }
 
+/// Room for `pairs` pairs spread over the shards, with a little slack:
+/// keys do not spread perfectly evenly.
+fn per_shard_capacity(pairs: usize) -> usize {
+    pairs.div_ceil(SHARDS) + pairs.div_ceil(SHARDS * 16)
+}
+
 // A panic while holding a lock cannot leave a set half-changed (each
 // operation is a single std call), so a poisoned lock is safe to keep using.
 fn lock_read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
@@ -317,7 +322,10 @@ impl Builder {
         // Sort entries into their shards (keeping file order within each),
         // then fill the shards in parallel: inserting is most of the time a
         // load takes, and nothing else runs while the server loads.
-        let mut by_shard: Vec<Vec<Entry>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        let per_shard = per_shard_capacity(self.entries.len());
+        let mut by_shard: Vec<Vec<Entry>> = (0..SHARDS)
+            .map(|_| Vec::with_capacity(per_shard))
+            .collect();
         for entry in self.entries {
             by_shard[store.shard_index(entry.key())].push(entry);
         }

@@ -1,0 +1,121 @@
+"""Helpers shared by the kvs benchmarks: building, starting and stopping a
+release server, generating data files, and reporting medians."""
+
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+KVS = os.path.join(TARGET, "release", "kvs")
+
+
+def build():
+    """Builds the release binary (cargo does nothing if it is up to date)."""
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(REPO, "Cargo.toml")],
+        check=True,
+    )
+
+
+def need(tool, package):
+    """Installs a Debian package if its tool is missing (needs root)."""
+    if shutil.which(tool):
+        return
+    print(f"installing {package} (for {tool}) from Debian's packages...", file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", tool], check=True)
+
+
+def write_data_file(path, keys, value_bytes=100, prefix="key-"):
+    """Writes a sorted data file of `keys` pairs with values of `value_bytes`."""
+    value = "v" * value_bytes
+    with open(path, "w") as f:
+        chunk = []
+        for i in range(keys):
+            chunk.append(f'{{"key":"{prefix}{i:08d}","value":"{value}"}}\n')
+            if len(chunk) == 10000:
+                f.write("".join(chunk))
+                chunk = []
+        f.write("".join(chunk))
+
+
+class Server:
+    """A release `kvs serve` on a free port; stderr is kept for its log."""
+
+    def __init__(self, workdir, *args, cpus=None):
+        self.log_path = os.path.join(tempfile.mkdtemp(prefix="kvs-bench-log-"), "stderr")
+        self.log_file = open(self.log_path, "w")
+        pin = ["taskset", "-c", cpus] if cpus else []
+        self.proc = subprocess.Popen(
+            pin + [KVS, "serve", "--port=0", "--working-dir", workdir, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_file,
+        )
+        deadline = time.time() + 120
+        while True:
+            m = re.search(r"listening on (\S+)", self.log())
+            if m:
+                self.addr = m.group(1)
+                break
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("kvs serve did not start:\n" + self.log())
+            time.sleep(0.01)
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def rss_kib(self, field="VmRSS"):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        """SIGTERM, then sample RSS until exit; returns the peak seen (KiB)."""
+        peak = self.rss_kib()
+        self.proc.send_signal(signal.SIGTERM)
+        while self.proc.poll() is None:
+            try:
+                peak = max(peak, self.rss_kib())
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.002)
+        self.proc.wait()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"kvs serve exited {self.proc.returncode}:\n" + self.log())
+        return peak
+
+
+def logged_ms(log, pattern):
+    """The milliseconds a log line matching `pattern` ... `in N ms` reports."""
+    m = re.search(pattern + r".* in (\d+) ms", log)
+    if not m:
+        raise RuntimeError(f"no log line for {pattern!r} in:\n{log}")
+    return int(m.group(1))
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}"
