@@ -51,8 +51,8 @@ class Server:
     """A release `kvs serve` on a free port; stderr is kept for its log."""
 
     def __init__(self, workdir, *args, cpus=None):
-        self.log_path = os.path.join(tempfile.mkdtemp(prefix="kvs-bench-log-"), "stderr")
-        self.log_file = open(self.log_path, "w")
+        self.log_file = tempfile.NamedTemporaryFile("w+", prefix="kvs-bench-", suffix=".log")
+        self.log_path = self.log_file.name
         pin = ["taskset", "-c", cpus] if cpus else []
         self.proc = subprocess.Popen(
             pin + [KVS, "serve", "--port=0", "--working-dir", workdir, *args],

@@ -32,6 +32,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Serve(ServeArgs),
+    Get(GetArgs),
+    Dump(DumpArgs),
+    Restore(RestoreArgs),
+    Completions(CompletionsArgs),
 }
 
 /// Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit.
@@ -66,6 +70,114 @@ pub struct ServeArgs {
     /// Largest value accepted by PUT, in bytes; larger ones get 413
     #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES, value_name = "BYTES")]
     pub max_value_bytes: u64,
+}
+
+/// Print the value stored under KEY, as last saved in the data file.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Prints the value exactly as stored, adding a newline only when standard \
+output is a terminal. Exits 1, with `key not found: KEY` on stderr, when \
+the key is absent, like grep. Never creates, locks or changes a file; while \
+a server runs it shows the last saved state and says so on stderr.
+
+Examples:
+  kvs get greeting --working-dir data
+  kvs get config:json | jq .")]
+pub struct GetArgs {
+    /// The key to look up
+    pub key: String,
+
+    #[command(flatten)]
+    pub dir: WorkingDir,
+}
+
+/// Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+The JSON Lines output is byte for byte the data-file format, so it is a \
+backup that `kvs restore` reads back. Never creates, locks or changes a \
+file; while a server runs it shows the last saved state and says so on \
+stderr.
+
+Examples:
+  kvs dump                                  # a table on a terminal
+  kvs dump > backup.jsonl                   # JSON Lines when redirected
+  kvs dump --prefix user: | jq -r .value
+  kvs dump --format table --prefix session:")]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub dir: WorkingDir,
+
+    /// Output format [default: table on a terminal, jsonl otherwise]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<DumpFormat>,
+
+    /// Only pairs whose key starts with this prefix
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    /// A table with KEY and VALUE columns, long values shortened
+    Table,
+    /// One {"key":...,"value":...} object per line: the data-file format
+    Jsonl,
+}
+
+/// Replace (or with --merge, update) the data file from JSON Lines.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Reads lines in the data-file format (any key order; a repeated key: the \
+later line wins) and checks every line by the rules of the HTTP API before \
+writing anything: one bad line and nothing is written, and the error names \
+the line. Then writes the data file atomically (temp file, fsync, rename, \
+directory fsync) and prints `restored N keys into DIR`, N being the number \
+of keys the store holds afterwards. Refuses while a server holds the \
+directory, and refuses to replace a store that has data unless --force or \
+--merge is given.
+
+Examples:
+  kvs restore backup.jsonl --working-dir data
+  kvs dump --working-dir old | kvs restore --working-dir new
+  kvs restore seed.jsonl --merge")]
+pub struct RestoreArgs {
+    /// JSON Lines file to read; - reads standard input
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub input: PathBuf,
+
+    #[command(flatten)]
+    pub dir: WorkingDir,
+
+    /// Replace a store that already holds data
+    #[arg(long, conflicts_with = "merge")]
+    pub force: bool,
+
+    /// Add the input to the existing pairs; input lines win over existing keys
+    #[arg(long)]
+    pub merge: bool,
+
+    /// Largest value accepted, in bytes, as for `kvs serve`
+    #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES, value_name = "BYTES")]
+    pub max_value_bytes: u64,
+}
+
+/// Print a shell completion script to standard output.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Examples:
+  kvs completions bash > ~/.local/share/bash-completion/completions/kvs
+  kvs completions zsh > ~/.zfunc/_kvs         # with fpath+=(~/.zfunc)
+  kvs completions fish > ~/.config/fish/completions/kvs.fish")]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// The `--working-dir` flag, shared by every subcommand so that its name,
@@ -110,7 +222,9 @@ mod tests {
             "--shutdown-timeout=500ms",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         assert_eq!(args.port, 8001);
         assert_eq!(args.dir.path, PathBuf::from(".lsfr/run-1"));
         assert_eq!(args.shutdown_timeout, Duration::from_millis(500));

@@ -51,10 +51,6 @@ impl Layout {
         Layout { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn snapshot(&self) -> PathBuf {
         self.root.join(SNAPSHOT)
     }

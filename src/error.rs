@@ -41,6 +41,18 @@ pub enum Error {
     Signals(#[from] ctrlc::Error),
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] io::Error),
+    #[error("invalid key {key:?}: {reason}; keys are 1 to 1024 bytes of A-Z a-z 0-9 : _ . -")]
+    InvalidKey {
+        key: String,
+        reason: crate::validate::KeyError,
+    },
+    #[error(
+        "{} already holds {keys} keys; pass --force to replace them or --merge to add the input to them",
+        dir.display()
+    )]
+    NotEmpty { dir: PathBuf, keys: usize },
+    #[error("cannot restore: {0}; nothing was written")]
+    Input(ReadError),
     #[error("cannot use {}: {error}", path.display())]
     File {
         path: PathBuf,
@@ -63,6 +75,16 @@ impl From<Outcome> for ExitCode {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::NotFound => ExitCode::from(1),
         }
+    }
+}
+
+/// Ends a command whose output went to stdout. A closed pipe (`kvs dump |
+/// head`) is the reader's choice, not a failure.
+pub fn stdout_result(written: io::Result<()>) -> Result<Outcome, Error> {
+    match written {
+        Ok(()) => Ok(Outcome::Success),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Outcome::Success),
+        Err(e) => Err(Error::Stdout(e)),
     }
 }
 

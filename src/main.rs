@@ -1,24 +1,14 @@
 //! The `kvs` binary: parse the command line, run one subcommand, turn its
 //! result into an exit code. Nothing else lives here.
 
-mod cli;
-mod datadir;
-mod error;
-mod routes;
-mod serve;
-mod server;
-mod shutdown;
-mod snapshot;
-mod store;
-mod validate;
-
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
-use crate::error::{Error, Outcome};
+use kvs::cli::{Cli, Command};
+use kvs::error::{self, Error, Outcome};
+use kvs::{completions, dump, get, restore, serve, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,6 +31,10 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
             serve::run(args, signals)?;
             Ok(Outcome::Success)
         }
+        Command::Get(args) => get::run(args),
+        Command::Dump(args) => dump::run(args),
+        Command::Restore(args) => restore::run(args),
+        Command::Completions(args) => completions::run(args),
     }
 }
 

@@ -54,6 +54,7 @@ pub enum ReadError {
     },
 }
 
+#[cfg(test)]
 impl ReadError {
     /// The line at fault, when the fault is a line's content.
     pub fn line(&self) -> Option<u64> {
@@ -104,7 +105,7 @@ pub fn temp_path(target: &Path) -> PathBuf {
 pub fn read_file(path: &Path, each: impl FnMut(&str, &str)) -> Result<ReadSummary, ReadError> {
     let name = path.display().to_string();
     match File::open(path) {
-        Ok(file) => read(BufReader::with_capacity(1 << 20, file), &name, each),
+        Ok(file) => read(BufReader::with_capacity(1 << 20, file), &name, None, each),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(ReadSummary::default()),
         Err(error) => Err(ReadError::Io {
             source_name: name,
@@ -116,12 +117,14 @@ pub fn read_file(path: &Path, each: impl FnMut(&str, &str)) -> Result<ReadSummar
 /// Reads JSON Lines from `input`, calling `each` with every record in order.
 /// `source_name` names the input in errors (a path, or "standard input").
 ///
-/// Every record is checked by the same rules as the HTTP API (`validate`),
-/// except the value-size limit, which is a server's admission policy rather
-/// than a property of the data: a server never refuses its own saved file.
+/// Every record is checked by the same rules as the HTTP API (`validate`).
+/// The value-size limit applies only when `max_value_bytes` is given: it is
+/// an admission rule for data coming in (`kvs restore`), not a property of
+/// the data, and a server must never refuse the file it saved itself.
 pub fn read(
     mut input: impl BufRead,
     source_name: &str,
+    max_value_bytes: Option<u64>,
     mut each: impl FnMut(&str, &str),
 ) -> Result<ReadSummary, ReadError> {
     let mut summary = ReadSummary::default();
@@ -151,6 +154,16 @@ pub fn read(
             continue;
         }
         let record = parse_line(line).map_err(invalid)?;
+        if let Some(max) = max_value_bytes
+            && record.value.len() as u64 > max
+        {
+            return Err(invalid(format!(
+                "{} (key {}: {} bytes, more than the limit of {max}; see --max-value-bytes)",
+                validate::ValueError::TooLarge,
+                quote(&record.key),
+                record.value.len()
+            )));
+        }
         each(&record.key, &record.value);
         summary.records += 1;
     }
@@ -281,7 +294,7 @@ mod tests {
 
     fn read_str(text: &str) -> Result<Vec<(String, String)>, ReadError> {
         let mut out = Vec::new();
-        read(text.as_bytes(), "input", |k, v| {
+        read(text.as_bytes(), "input", None, |k, v| {
             out.push((k.to_owned(), v.to_owned()))
         })?;
         Ok(out)
@@ -352,10 +365,19 @@ mod tests {
         let err = read(
             &b"{\"key\":\"a\",\"value\":\"\xff\"}\n"[..],
             "input",
+            None,
             |_, _| {},
         )
         .unwrap_err();
         assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn the_value_limit_applies_only_when_asked() {
+        let text = "{\"key\":\"a\",\"value\":\"12345\"}\n";
+        read(text.as_bytes(), "input", Some(5), |_, _| {}).unwrap();
+        let err = read(text.as_bytes(), "input", Some(4), |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("line 1: value too large"), "{err}");
     }
 
     #[test]

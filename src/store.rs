@@ -119,10 +119,6 @@ impl Default for Store {
 }
 
 impl Store {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     fn with_capacity(pairs: usize) -> Self {
         let per_shard = per_shard_capacity(pairs);
         Store {
@@ -262,7 +258,7 @@ impl View<'_> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.shards.iter().all(|s| s.entries.is_empty())
     }
 
     fn entries(&self) -> impl Iterator<Item = &Entry> {
@@ -289,6 +285,23 @@ impl View<'_> {
     }
 }
 
+/// Pairs with unique keys in key order; see [`Builder::into_sorted`].
+pub struct Sorted(Vec<Entry>);
+
+impl Sorted {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(Entry::split)
+    }
+}
+
 /// Builds a store from pairs read in file order, where a repeated key means
 /// the later pair wins.
 ///
@@ -308,13 +321,22 @@ impl Builder {
         self.entries.push(Entry::new(key, value));
     }
 
-    /// Adds every pair of `store`, as if they had been pushed before
-    /// anything pushed later.
-    pub fn extend_from(&mut self, store: &Store) {
-        let view = store.view();
-        self.entries.reserve(view.len());
-        self.entries
-            .extend(view.entries().map(|e| Entry(e.0.clone())));
+    /// The pairs in key order, the later of equal keys kept, without
+    /// building a store: for tools that only write the pairs out, this
+    /// holds the data once, with no hash tables beside it.
+    pub fn into_sorted(mut self) -> Sorted {
+        // A stable sort keeps equal keys in push order...
+        self.entries.par_sort_by(|a, b| a.key().cmp(b.key()));
+        // ...and `dedup_by` keeps the first of a run, so move the later
+        // value into the one kept.
+        self.entries.dedup_by(|later, kept| {
+            let same = later.key() == kept.key();
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        Sorted(self.entries)
     }
 
     pub fn build(self) -> Store {
@@ -323,9 +345,8 @@ impl Builder {
         // then fill the shards in parallel: inserting is most of the time a
         // load takes, and nothing else runs while the server loads.
         let per_shard = per_shard_capacity(self.entries.len());
-        let mut by_shard: Vec<Vec<Entry>> = (0..SHARDS)
-            .map(|_| Vec::with_capacity(per_shard))
-            .collect();
+        let mut by_shard: Vec<Vec<Entry>> =
+            (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect();
         for entry in self.entries {
             by_shard[store.shard_index(entry.key())].push(entry);
         }
@@ -359,7 +380,7 @@ mod tests {
 
     #[test]
     fn put_get_delete_clear() {
-        let store = Store::new();
+        let store = Store::default();
         assert_eq!(store.get("a"), None);
         store.put("a", "1").unwrap();
         store.put("a", "2").unwrap();
@@ -374,7 +395,7 @@ mod tests {
 
     #[test]
     fn iterates_in_byte_order_and_by_prefix() {
-        let store = Store::new();
+        let store = Store::default();
         for k in ["b", "a:2", "A", "a:1", "a", "a;"] {
             store.put(k, k).unwrap();
         }
@@ -406,7 +427,7 @@ mod tests {
 
     #[test]
     fn clear_and_len_span_every_shard() {
-        let store = Store::new();
+        let store = Store::default();
         for i in 0..1000 {
             store.put(&format!("k{i}"), "v").unwrap();
         }
@@ -417,8 +438,26 @@ mod tests {
     }
 
     #[test]
+    fn sorted_keeps_the_later_of_repeated_keys() {
+        let mut b = Builder::new();
+        for (k, v) in [
+            ("z", "1"),
+            ("a", "1"),
+            ("z", "2"),
+            ("a", "2"),
+            ("m", "1"),
+            ("a", "3"),
+        ] {
+            b.push(k, v);
+        }
+        let sorted = b.into_sorted();
+        let pairs: Vec<_> = sorted.iter().collect();
+        assert_eq!(pairs, [("a", "3"), ("m", "1"), ("z", "2")]);
+    }
+
+    #[test]
     fn frozen_store_refuses_writes_but_serves_reads() {
-        let store = Store::new();
+        let store = Store::default();
         store.put("a", "1").unwrap();
         store.freeze();
         assert_eq!(store.put("b", "1"), Err(Frozen));

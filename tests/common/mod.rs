@@ -307,3 +307,57 @@ pub fn data_file(dir: &Path) -> String {
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// A working directory for the offline tools, in the spirit of fd's
+/// `TestEnv`: runs `kvs` subcommands against it.
+pub struct TestEnv {
+    root: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        TestEnv { root: temp_dir() }
+    }
+
+    /// The working directory (created on first use by a writer).
+    pub fn dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// `kvs SUBCOMMAND --working-dir DIR ARGS...`
+    pub fn kvs(&self, subcommand: &str, args: &[&str]) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::new(KVS);
+        cmd.arg(subcommand)
+            .arg("--working-dir")
+            .arg(self.dir())
+            .args(args);
+        cmd
+    }
+
+    /// Seeds the data file with `text`, byte for byte.
+    pub fn write_data_file(&self, text: &str) {
+        std::fs::create_dir_all(self.dir()).unwrap();
+        std::fs::write(self.dir().join("snapshot.jsonl"), text).unwrap();
+    }
+
+    pub fn data_file(&self) -> String {
+        data_file(&self.dir())
+    }
+
+    /// The names in the working directory, sorted.
+    pub fn listing(&self) -> Vec<String> {
+        let mut names: Vec<String> = match std::fs::read_dir(self.dir()) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+}
+
+/// A data file line.
+pub fn line(key: &str, value: &str) -> String {
+    format!("{}\n", serde_json::json!({ "key": key, "value": value }))
+}

@@ -1,0 +1,97 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[kvs] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'kvs'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'kvs'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand serve 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit'
+            cand get 'Print the value stored under KEY, as last saved in the data file'
+            cand dump 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise'
+            cand restore 'Replace (or with --merge, update) the data file from JSON Lines'
+            cand completions 'Print a shell completion script to standard output'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'kvs;serve'= {
+            cand --port 'TCP port to listen on (0 picks a free port, shown in the log)'
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl) and LOCK'
+            cand --bind 'Address to listen on; 0.0.0.0 exposes the server to the network'
+            cand --shutdown-timeout 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)'
+            cand --max-value-bytes 'Largest value accepted by PUT, in bytes; larger ones get 413'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kvs;get'= {
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl) and LOCK'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kvs;dump'= {
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl) and LOCK'
+            cand --format 'Output format [default: table on a terminal, jsonl otherwise]'
+            cand --prefix 'Only pairs whose key starts with this prefix'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kvs;restore'= {
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl) and LOCK'
+            cand --max-value-bytes 'Largest value accepted, in bytes, as for `kvs serve`'
+            cand --force 'Replace a store that already holds data'
+            cand --merge 'Add the input to the existing pairs; input lines win over existing keys'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kvs;completions'= {
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kvs;help'= {
+            cand serve 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit'
+            cand get 'Print the value stored under KEY, as last saved in the data file'
+            cand dump 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise'
+            cand restore 'Replace (or with --merge, update) the data file from JSON Lines'
+            cand completions 'Print a shell completion script to standard output'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'kvs;help;serve'= {
+        }
+        &'kvs;help;get'= {
+        }
+        &'kvs;help;dump'= {
+        }
+        &'kvs;help;restore'= {
+        }
+        &'kvs;help;completions'= {
+        }
+        &'kvs;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

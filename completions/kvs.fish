@@ -1,0 +1,64 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_kvs_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_kvs_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_kvs_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_kvs_using_subcommand
+    set -l cmd (__fish_kvs_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c kvs -n "__fish_kvs_needs_command" -s h -l help -d 'Print help'
+complete -c kvs -n "__fish_kvs_needs_command" -s V -l version -d 'Print version'
+complete -c kvs -n "__fish_kvs_needs_command" -f -a "serve" -d 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit'
+complete -c kvs -n "__fish_kvs_needs_command" -f -a "get" -d 'Print the value stored under KEY, as last saved in the data file'
+complete -c kvs -n "__fish_kvs_needs_command" -f -a "dump" -d 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise'
+complete -c kvs -n "__fish_kvs_needs_command" -f -a "restore" -d 'Replace (or with --merge, update) the data file from JSON Lines'
+complete -c kvs -n "__fish_kvs_needs_command" -f -a "completions" -d 'Print a shell completion script to standard output'
+complete -c kvs -n "__fish_kvs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l port -d 'TCP port to listen on (0 picks a free port, shown in the log)' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l working-dir -d 'Directory holding the data file (snapshot.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l bind -d 'Address to listen on; 0.0.0.0 exposes the server to the network' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l shutdown-timeout -d 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l max-value-bytes -d 'Largest value accepted by PUT, in bytes; larger ones get 413' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c kvs -n "__fish_kvs_using_subcommand get" -l working-dir -d 'Directory holding the data file (snapshot.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kvs -n "__fish_kvs_using_subcommand get" -s V -l version -d 'Print version'
+complete -c kvs -n "__fish_kvs_using_subcommand dump" -l working-dir -d 'Directory holding the data file (snapshot.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand dump" -l format -d 'Output format [default: table on a terminal, jsonl otherwise]' -r -f -a "table\t'A table with KEY and VALUE columns, long values shortened'
+jsonl\t'One {"key":...,"value":...} object per line: the data-file format'"
+complete -c kvs -n "__fish_kvs_using_subcommand dump" -l prefix -d 'Only pairs whose key starts with this prefix' -r
+complete -c kvs -n "__fish_kvs_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kvs -n "__fish_kvs_using_subcommand dump" -s V -l version -d 'Print version'
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -l working-dir -d 'Directory holding the data file (snapshot.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -l max-value-bytes -d 'Largest value accepted, in bytes, as for `kvs serve`' -r
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -l force -d 'Replace a store that already holds data'
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -l merge -d 'Add the input to the existing pairs; input lines win over existing keys'
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -s V -l version -d 'Print version'
+complete -c kvs -n "__fish_kvs_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kvs -n "__fish_kvs_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c kvs -n "__fish_kvs_using_subcommand help; and not __fish_seen_subcommand_from serve get dump restore completions help" -f -a "serve" -d 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit'
+complete -c kvs -n "__fish_kvs_using_subcommand help; and not __fish_seen_subcommand_from serve get dump restore completions help" -f -a "get" -d 'Print the value stored under KEY, as last saved in the data file'
+complete -c kvs -n "__fish_kvs_using_subcommand help; and not __fish_seen_subcommand_from serve get dump restore completions help" -f -a "dump" -d 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise'
+complete -c kvs -n "__fish_kvs_using_subcommand help; and not __fish_seen_subcommand_from serve get dump restore completions help" -f -a "restore" -d 'Replace (or with --merge, update) the data file from JSON Lines'
+complete -c kvs -n "__fish_kvs_using_subcommand help; and not __fish_seen_subcommand_from serve get dump restore completions help" -f -a "completions" -d 'Print a shell completion script to standard output'
+complete -c kvs -n "__fish_kvs_using_subcommand help; and not __fish_seen_subcommand_from serve get dump restore completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,124 @@
+//! `kvs restore [FILE|-]`: seed or replace the data file from JSON Lines.
+//!
+//! Reads and validates the whole input first (through `snapshot`, by the
+//! HTTP API's rules), and only then replaces the data file atomically,
+//! holding the directory's lock so no server can start meanwhile. It must
+//! never write anything when any input line is bad, and never overwrite a
+//! data file it could not read.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read};
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::RestoreArgs;
+use crate::datadir::Locked;
+use crate::error::{Error, Outcome};
+use crate::snapshot;
+use crate::store::Builder;
+
+/// Inputs at least this large get a progress bar (on a terminal).
+const PROGRESS_FROM_BYTES: u64 = 16 << 20;
+
+pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
+    let dir = Locked::open(&args.dir.path)?;
+    let data_file = dir.layout().snapshot();
+
+    // The existing file is read even when it will be replaced: if it is
+    // not a valid data file, nothing overwrites it unseen.
+    let mut existing = Builder::new();
+    snapshot::read_file(&data_file, |key, value| existing.push(key, value)).map_err(Error::Load)?;
+    let mut pairs = if args.merge {
+        existing
+    } else {
+        let keys = existing.into_sorted().len();
+        if keys > 0 && !args.force {
+            return Err(Error::NotEmpty {
+                dir: args.dir.path.clone(),
+                keys,
+            });
+        }
+        Builder::new()
+    };
+
+    let input = open_input(&args.input)?;
+    let progress = progress_bar(input.size);
+    let reader = BufReader::with_capacity(1 << 20, progress.wrap_read(input.reader));
+    read_input(reader, &input.name, args.max_value_bytes, &mut pairs)?;
+    progress.finish_and_clear();
+
+    let sorted = pairs.into_sorted();
+    snapshot::write_atomic(&data_file, sorted.iter())?;
+    println!(
+        "restored {} keys into {}",
+        sorted.len(),
+        args.dir.path.display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// Where the pairs come from.
+struct Input {
+    reader: Box<dyn Read>,
+    /// How errors name it: the path, or "standard input".
+    name: String,
+    /// Its size, when known, for the progress bar.
+    size: Option<u64>,
+}
+
+fn open_input(path: &Path) -> Result<Input, Error> {
+    if path == Path::new("-") {
+        return Ok(Input {
+            reader: Box::new(io::stdin()),
+            name: "standard input".into(),
+            size: None,
+        });
+    }
+    let file = File::open(path).map_err(|error| Error::File {
+        path: path.to_owned(),
+        error,
+    })?;
+    let size = file.metadata().ok().map(|m| m.len());
+    Ok(Input {
+        reader: Box::new(file),
+        name: path.display().to_string(),
+        size,
+    })
+}
+
+fn read_input(
+    input: impl BufRead,
+    name: &str,
+    max_value_bytes: u64,
+    pairs: &mut Builder,
+) -> Result<(), Error> {
+    snapshot::read(input, name, Some(max_value_bytes), |key, value| {
+        pairs.push(key, value)
+    })
+    .map_err(Error::Input)?;
+    Ok(())
+}
+
+/// A bar for a large file, a byte counter for standard input, on stderr
+/// only when it is a terminal; otherwise a bar that never draws.
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    if !io::stderr().is_terminal() || size.is_some_and(|s| s < PROGRESS_FROM_BYTES) {
+        return ProgressBar::hidden();
+    }
+    match size {
+        Some(size) => ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr())
+            .with_style(
+                ProgressStyle::with_template(
+                    "reading {bar:40} {binary_bytes}/{binary_total_bytes} ({eta} left)",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(
+                "reading {spinner} {binary_bytes} ({binary_bytes_per_sec})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    }
+}
