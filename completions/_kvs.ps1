@@ -39,6 +39,8 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Address to listen on; 0.0.0.0 exposes the server to the network')
             [CompletionResult]::new('--shutdown-timeout', '--shutdown-timeout', [CompletionResultType]::ParameterName, 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)')
             [CompletionResult]::new('--max-value-bytes', '--max-value-bytes', [CompletionResultType]::ParameterName, 'Largest value accepted by PUT, in bytes; larger ones get 413')
+            [CompletionResult]::new('--fsync', '--fsync', [CompletionResultType]::ParameterName, 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss')
+            [CompletionResult]::new('--wal-max-bytes', '--wal-max-bytes', [CompletionResultType]::ParameterName, 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')

@@ -251,7 +251,7 @@ _kvs() {
             return 0
             ;;
         kvs__subcmd__serve)
-            opts="-h -V --port --working-dir --bind --shutdown-timeout --max-value-bytes --help --version"
+            opts="-h -V --port --working-dir --bind --shutdown-timeout --max-value-bytes --fsync --wal-max-bytes --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -274,6 +274,14 @@ _kvs() {
                     return 0
                     ;;
                 --max-value-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fsync)
+                    COMPREPLY=($(compgen -W "always periodic" -- "${cur}"))
+                    return 0
+                    ;;
+                --wal-max-bytes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -35,6 +35,8 @@ set edit:completion:arg-completer[kvs] = {|@words|
             cand --bind 'Address to listen on; 0.0.0.0 exposes the server to the network'
             cand --shutdown-timeout 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)'
             cand --max-value-bytes 'Largest value accepted by PUT, in bytes; larger ones get 413'
+            cand --fsync 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss'
+            cand --wal-max-bytes 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'

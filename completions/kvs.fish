@@ -37,6 +37,9 @@ complete -c kvs -n "__fish_kvs_using_subcommand serve" -l working-dir -d 'Direct
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l bind -d 'Address to listen on; 0.0.0.0 exposes the server to the network' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l shutdown-timeout -d 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l max-value-bytes -d 'Largest value accepted by PUT, in bytes; larger ones get 413' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l fsync -d 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss' -r -f -a "always\t'Before acknowledging each write (group commit shares one fsync between all writes waiting at the time)'
+periodic\t'At least once a second: survives a crash of the process, may lose up to a second of writes on power loss'"
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l wal-max-bytes -d 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c kvs -n "__fish_kvs_using_subcommand get" -l working-dir -d 'Directory holding the data file (snapshot.jsonl) and LOCK' -r -F

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::validate::DEFAULT_MAX_VALUE_BYTES;
+use crate::wal::FsyncPolicy;
 
 /// Where every subcommand looks for the data unless told otherwise.
 pub const DEFAULT_WORKING_DIR: &str = "data";
@@ -46,10 +47,15 @@ Examples:
   curl -X PUT --data-binary 'hello' http://127.0.0.1:8001/kv/greeting
   curl http://127.0.0.1:8001/kv/greeting
 
+Every write is appended to DIR/wal.jsonl (and, with --fsync always, \
+fsynced) before it is acknowledged, so a crash, SIGKILL or power loss \
+loses nothing acknowledged; the next start replays the log.
+
 On SIGTERM or SIGINT the server stops accepting connections, lets requests \
 in flight finish (at most --shutdown-timeout; a second signal stops the wait), \
-saves every pair to DIR/snapshot.jsonl and exits 0. It exits 2 if the save \
-fails, leaving the previous data file intact.")]
+saves every pair to DIR/snapshot.jsonl, removes the log and exits 0. It \
+exits 2 if the save fails, leaving the previous data file and the log \
+intact.")]
 pub struct ServeArgs {
     /// TCP port to listen on (0 picks a free port, shown in the log)
     #[arg(long, default_value_t = 8001, value_name = "PORT")]
@@ -70,7 +76,23 @@ pub struct ServeArgs {
     /// Largest value accepted by PUT, in bytes; larger ones get 413
     #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES, value_name = "BYTES")]
     pub max_value_bytes: u64,
+
+    /// When logged writes reach the disk: `always` fsyncs before each
+    /// acknowledgement (concurrent writes share one fsync), so nothing
+    /// acknowledged is lost even on power loss; `periodic` fsyncs at least
+    /// once a second, surviving a crash of the process but losing up to a
+    /// second of writes on power loss
+    #[arg(long, value_enum, default_value = "always", value_name = "POLICY")]
+    pub fsync: FsyncPolicy,
+
+    /// Fold the write-ahead log into the data file (a checkpoint) when it
+    /// grows past this many bytes
+    #[arg(long, default_value_t = DEFAULT_WAL_MAX_BYTES, value_name = "BYTES")]
+    pub wal_max_bytes: u64,
 }
+
+/// 64 MiB: replays in well under a second at start.
+pub const DEFAULT_WAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Print the value stored under KEY, as last saved in the data file.
 #[derive(Debug, Args)]

@@ -17,6 +17,10 @@ use crate::snapshot;
 
 /// The data file.
 const SNAPSHOT: &str = "snapshot.jsonl";
+/// The write-ahead log being appended to.
+const WAL: &str = "wal.jsonl";
+/// A log being folded into the data file by a checkpoint.
+const WAL_PREV: &str = "wal.prev.jsonl";
 /// Held with an exclusive `flock` by the one writer; holds its pid as text.
 const LOCK: &str = "LOCK";
 
@@ -51,8 +55,20 @@ impl Layout {
         Layout { root: root.into() }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn snapshot(&self) -> PathBuf {
         self.root.join(SNAPSHOT)
+    }
+
+    pub fn wal(&self) -> PathBuf {
+        self.root.join(WAL)
+    }
+
+    pub fn wal_prev(&self) -> PathBuf {
+        self.root.join(WAL_PREV)
     }
 
     fn lock(&self) -> PathBuf {

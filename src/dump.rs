@@ -20,7 +20,7 @@ const MIN_WIDTH: usize = 40;
 
 pub fn run(args: DumpArgs) -> Result<Outcome, Error> {
     let dir = offline::open_read_only(&args.dir.path)?;
-    let pairs = offline::load_sorted(&dir, &args.prefix)?;
+    let pairs = offline::load_sorted(dir.layout(), &args.prefix)?;
     let stdout = std::io::stdout();
     let format = args.format.unwrap_or(if stdout.is_terminal() {
         DumpFormat::Table

@@ -23,8 +23,16 @@ pub enum Error {
         "cannot load the data file: {0}; fix or remove that line (the file was left untouched)"
     )]
     Load(ReadError),
+    #[error(
+        "cannot replay the write-ahead log: {0}; the file was left untouched (move it aside to start without its writes)"
+    )]
+    Log(ReadError),
     #[error("{0}; the previous data file was left intact")]
     Save(#[from] WriteError),
+    #[error("{0}")]
+    Checkpoint(crate::wal::CheckpointError),
+    #[error("{} kept changing while being read (a server is checkpointing); try again", dir.display())]
+    Busy { dir: PathBuf },
     #[error("cannot listen on {addr}: {error}; choose another --port or --bind")]
     Listen {
         addr: SocketAddr,

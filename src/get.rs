@@ -1,14 +1,17 @@
 //! `kvs get KEY`: one value from the data file, byte for byte.
 //!
-//! Streams the file once, keeping only the latest value seen for the key,
-//! so it costs the same memory for a million keys as for ten. It must never
+//! Streams the data file and the logs once, keeping only the latest value
+//! seen for the key, so it costs the same memory for a million keys as for
+//! ten. It must never
 //! create, lock or change a file.
 
 use std::io::{IsTerminal, Write};
 
 use crate::cli::GetArgs;
 use crate::error::{Error, Outcome};
-use crate::{offline, snapshot, validate};
+use crate::offline::Replay;
+use crate::wal::Op;
+use crate::{offline, validate};
 
 pub fn run(args: GetArgs) -> Result<Outcome, Error> {
     validate::key(&args.key).map_err(|reason| Error::InvalidKey {
@@ -16,14 +19,12 @@ pub fn run(args: GetArgs) -> Result<Outcome, Error> {
         reason,
     })?;
     let dir = offline::open_read_only(&args.dir.path)?;
-    let mut found: Option<String> = None;
-    snapshot::read_file(&dir.layout().snapshot(), |key, value| {
-        // Later lines win, as when the server loads the file.
-        if key == args.key {
-            found = Some(value.to_owned());
-        }
-    })
-    .map_err(Error::Load)?;
+    let mut lookup = Lookup {
+        key: &args.key,
+        found: None,
+    };
+    offline::read_all(dir.layout(), &mut lookup)?;
+    let found = lookup.found;
 
     let Some(value) = found else {
         eprintln!("key not found: {}", args.key);
@@ -45,4 +46,32 @@ pub fn run(args: GetArgs) -> Result<Outcome, Error> {
         })
         .and_then(|()| out.flush());
     crate::error::stdout_result(written)
+}
+
+/// Follows one key through the data file and the logs: later lines and
+/// records win, as when the server loads the data.
+struct Lookup<'a> {
+    key: &'a str,
+    found: Option<String>,
+}
+
+impl Replay for Lookup<'_> {
+    fn restart(&mut self) {
+        self.found = None;
+    }
+
+    fn pair(&mut self, key: &str, value: &str) {
+        if key == self.key {
+            self.found = Some(value.to_owned());
+        }
+    }
+
+    fn op(&mut self, op: Op<'_>) {
+        match op {
+            Op::Set { key, value } if key == self.key => self.found = Some(value.into_owned()),
+            Op::Delete { key } if key == self.key => self.found = None,
+            Op::Clear => self.found = None,
+            _ => {}
+        }
+    }
 }

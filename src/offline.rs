@@ -1,38 +1,107 @@
 //! What the offline tools (`get`, `dump`, `restore`) share: reading a
-//! working directory's data without the server's write path.
+//! working directory's data (the data file with the write-ahead logs
+//! replayed over it) without the server's write path.
 //!
-//! Owns the notice that a live server's data may be newer than the file,
-//! and loading the data file into sorted pairs. It must never write: the
-//! only writer among the tools is `restore`, through `snapshot`.
+//! Owns reading a directory while a server may be writing it, and the
+//! notice that says so. It must never write: the only writer among the
+//! tools is `restore`, through `snapshot` and `wal`, under the lock.
 
-use crate::datadir::ReadOnly;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::datadir::{Layout, ReadOnly};
 use crate::error::Error;
 use crate::snapshot;
 use crate::store::{Builder, Sorted};
+use crate::wal::{self, Op, TornTail};
+
+/// How often a read is retried when a checkpoint moves files under it.
+const ATTEMPTS: usize = 5;
 
 /// Opens `dir` read-only and, if a server holds it, says on stderr that
-/// what follows is the last saved state.
-pub fn open_read_only(dir: &std::path::Path) -> Result<ReadOnly, Error> {
+/// what follows is the data as it was read.
+pub fn open_read_only(dir: &Path) -> Result<ReadOnly, Error> {
     let opened = ReadOnly::open(dir)?;
     if let Some(pid) = opened.writer_pid {
         eprintln!(
-            "kvs: note: a kvs server (pid {pid}) is using {}; this is the data as it was last saved, \
-             without the writes made since that server started",
+            "kvs: note: a kvs server (pid {pid}) is using {}; this shows the writes it had logged when they were read",
             dir.display()
         );
     }
     Ok(opened)
 }
 
-/// The pairs of a data file whose key starts with `prefix`, sorted, held
-/// once in memory.
-pub fn load_sorted(dir: &ReadOnly, prefix: &str) -> Result<Sorted, Error> {
-    let mut builder = Builder::new();
-    snapshot::read_file(&dir.layout().snapshot(), |key, value| {
-        if key.starts_with(prefix) {
-            builder.push(key, value);
+/// What a read of the data does with it, in replay order.
+pub trait Replay {
+    /// The read starts (again): forget anything seen so far.
+    fn restart(&mut self);
+    /// A pair of the data file.
+    fn pair(&mut self, key: &str, value: &str);
+    /// A log record, after every pair.
+    fn op(&mut self, op: Op<'_>);
+}
+
+/// Reads the data file and then both logs, in replay order, into `into`.
+/// A torn last log record is skipped, never cut off: only the lock holder
+/// may change the files.
+///
+/// A server's checkpoint renames and replaces these files; if one did so
+/// during the read (the files' identities changed), the read is redone, so
+/// the result is always the data file and logs of one moment.
+pub fn read_all(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
+    for _ in 0..ATTEMPTS {
+        let before = identities(layout);
+        into.restart();
+        snapshot::read_file(&layout.snapshot(), |key, value| into.pair(key, value))
+            .map_err(Error::Load)?;
+        for log in [layout.wal_prev(), layout.wal()] {
+            wal::replay(&log, TornTail::Skip, |op| into.op(op)).map_err(Error::Log)?;
         }
+        if identities(layout) == before {
+            return Ok(());
+        }
+    }
+    Err(Error::Busy {
+        dir: layout.root().to_owned(),
     })
-    .map_err(Error::Load)?;
-    Ok(builder.into_sorted())
+}
+
+/// Which files (by inode) make up the data right now.
+fn identities(layout: &Layout) -> [Option<u64>; 3] {
+    [layout.snapshot(), layout.wal_prev(), layout.wal()]
+        .map(|path| std::fs::metadata(path).ok().map(|m| m.ino()))
+}
+
+/// Collects the pairs whose key starts with a prefix.
+struct Collect<'a> {
+    prefix: &'a str,
+    builder: Builder,
+}
+
+impl Replay for Collect<'_> {
+    fn restart(&mut self) {
+        self.builder = Builder::new();
+    }
+
+    fn pair(&mut self, key: &str, value: &str) {
+        if key.starts_with(self.prefix) {
+            self.builder.push(key, value);
+        }
+    }
+
+    fn op(&mut self, op: Op<'_>) {
+        if op.key().is_none_or(|key| key.starts_with(self.prefix)) {
+            op.apply_to_builder(&mut self.builder);
+        }
+    }
+}
+
+/// The pairs whose key starts with `prefix`, sorted, held once in memory.
+pub fn load_sorted(layout: &Layout, prefix: &str) -> Result<Sorted, Error> {
+    let mut collect = Collect {
+        prefix,
+        builder: Builder::new(),
+    };
+    read_all(layout, &mut collect)?;
+    Ok(collect.builder.into_sorted())
 }

@@ -13,34 +13,36 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::RestoreArgs;
-use crate::datadir::Locked;
+use crate::datadir::{Layout, Locked};
 use crate::error::{Error, Outcome};
-use crate::snapshot;
-use crate::store::Builder;
+use crate::store::{Builder, Sorted};
+use crate::{fault, offline, snapshot, wal};
 
 /// Inputs at least this large get a progress bar (on a terminal).
 const PROGRESS_FROM_BYTES: u64 = 16 << 20;
 
 pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
     let dir = Locked::open(&args.dir.path)?;
-    let data_file = dir.layout().snapshot();
+    let layout = dir.layout();
 
-    // The existing file is read even when it will be replaced: if it is
-    // not a valid data file, nothing overwrites it unseen.
-    let mut existing = Builder::new();
-    snapshot::read_file(&data_file, |key, value| existing.push(key, value)).map_err(Error::Load)?;
-    let mut pairs = if args.merge {
-        existing
-    } else {
-        let keys = existing.into_sorted().len();
-        if keys > 0 && !args.force {
-            return Err(Error::NotEmpty {
-                dir: args.dir.path.clone(),
-                keys,
-            });
+    // The current data: the data file with the logs replayed. Reading it
+    // also means a data file or log that cannot be parsed is never
+    // overwritten unseen, even with --force.
+    let current = offline::load_sorted(layout, "")?;
+    fold_logs(layout, &current)?;
+    if !args.merge && !current.is_empty() && !args.force {
+        return Err(Error::NotEmpty {
+            dir: args.dir.path.clone(),
+            keys: current.len(),
+        });
+    }
+    let mut pairs = Builder::new();
+    if args.merge {
+        for (key, value) in current.iter() {
+            pairs.push(key, value);
         }
-        Builder::new()
-    };
+    }
+    drop(current);
 
     let input = open_input(&args.input)?;
     let progress = progress_bar(input.size);
@@ -49,13 +51,27 @@ pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
     progress.finish_and_clear();
 
     let sorted = pairs.into_sorted();
-    snapshot::write_atomic(&data_file, sorted.iter())?;
+    snapshot::write_atomic(&layout.snapshot(), sorted.iter())?;
     println!(
         "restored {} keys into {}",
         sorted.len(),
         args.dir.path.display()
     );
     Ok(Outcome::Success)
+}
+
+/// Writes `current` (the data file with the logs replayed) as the data file
+/// and removes the logs, if there are any. Replacing the data file while
+/// logs remain would let the next start replay old writes over the
+/// restored data; folding first keeps the state the same at every step.
+fn fold_logs(layout: &Layout, current: &Sorted) -> Result<(), Error> {
+    let logs = [layout.wal_prev(), layout.wal()];
+    if !logs.iter().any(|log| log.exists()) {
+        return Ok(());
+    }
+    snapshot::write_atomic(&layout.snapshot(), current.iter())?;
+    fault::crash_point("restore:after-fold");
+    wal::remove_logs(&logs).map_err(Error::Checkpoint)
 }
 
 /// Where the pairs come from.

@@ -20,8 +20,9 @@ use warp::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
-use crate::store::{Frozen, Store};
+use crate::store::Store;
 use crate::validate::{self, ValueError};
+use crate::wal::{Op, Wal, WriteError};
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const KV_METHODS: &str = "GET, HEAD, PUT, DELETE";
@@ -29,8 +30,12 @@ const HEALTH_METHODS: &str = "GET, HEAD";
 const CLEAR_METHODS: &str = "DELETE";
 
 /// The whole API. Never rejects: every request gets a response from here.
+///
+/// Reads are answered from `store`; writes go through `wal`, which answers
+/// once they are durable and applied.
 pub fn routes(
     store: Arc<Store>,
+    wal: Arc<Wal>,
     max_value_bytes: u64,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     warp::method()
@@ -40,6 +45,7 @@ pub fn routes(
         .then(
             move |method: Method, path: warp::path::FullPath, content_length, body| {
                 let store = Arc::clone(&store);
+                let wal = Arc::clone(&wal);
                 async move {
                     let request = Request {
                         method,
@@ -47,7 +53,7 @@ pub fn routes(
                         content_length,
                         max_value_bytes,
                     };
-                    handle(&store, request, body).await
+                    handle(&store, &wal, request, body).await
                 }
             },
         )
@@ -89,6 +95,7 @@ fn route(path: &str) -> Route<'_> {
 
 async fn handle<B: Buf>(
     store: &Store,
+    wal: &Wal,
     request: Request<'_>,
     body: impl Stream<Item = Result<B, warp::Error>>,
 ) -> Response {
@@ -99,7 +106,7 @@ async fn handle<B: Buf>(
             _ => method_not_allowed(HEALTH_METHODS),
         },
         Route::Clear => match *method {
-            Method::DELETE => written(store.clear()),
+            Method::DELETE => written(wal.submit(Op::Clear).await),
             _ => method_not_allowed(CLEAR_METHODS),
         },
         Route::Unknown => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -131,12 +138,22 @@ async fn handle<B: Buf>(
                         Ok(bytes) => bytes,
                         Err(response) => return response,
                     };
-                    match validate::value_bytes(&bytes) {
-                        Ok(value) => written(store.put(&key, value)),
-                        Err(e) => value_error(e),
-                    }
+                    let value = match validate::value_bytes(&bytes) {
+                        Ok(value) => value.to_owned(),
+                        Err(e) => return value_error(e),
+                    };
+                    let op = Op::Set {
+                        key: Cow::Owned(key.into_owned()),
+                        value: Cow::Owned(value),
+                    };
+                    written(wal.submit(op).await)
                 }
-                Method::DELETE => written(store.delete(&key).map(drop)),
+                Method::DELETE => {
+                    let op = Op::Delete {
+                        key: Cow::Owned(key.into_owned()),
+                    };
+                    written(wal.submit(op).await)
+                }
                 _ => method_not_allowed(KV_METHODS),
             }
         }
@@ -179,19 +196,25 @@ async fn read_value<B: Buf>(
     Ok(value.freeze())
 }
 
-/// The answer to a write: 200, or 503 once shutdown has frozen the store
-/// (the write was not applied, so it must not be acknowledged).
-fn written(result: Result<(), Frozen>) -> Response {
-    match result {
-        Ok(()) => text(StatusCode::OK, Bytes::new()),
-        Err(Frozen) => {
-            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n");
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            response
+/// The answer to a write: 200 once it is durable and applied; otherwise
+/// it was not applied, so it must not be acknowledged: 503 while shutting
+/// down, 500 once the log cannot be written.
+fn written(result: Result<(), WriteError>) -> Response {
+    let (status, body) = match result {
+        Ok(()) => return text(StatusCode::OK, Bytes::new()),
+        Err(WriteError::ShuttingDown) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n")
         }
-    }
+        Err(WriteError::LogFailed) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "write could not be made durable\n",
+        ),
+    };
+    let mut response = text(status, body);
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn value_error(e: ValueError) -> Response {

@@ -1,26 +1,27 @@
-//! `kvs serve`: start, serve, drain, save, exit.
+//! `kvs serve`: start, recover, serve, drain, save, exit.
 //!
-//! Owns the order of a server's life (SPEC §3): lock the directory, load
-//! the data file, listen, serve until a signal, drain, freeze the store,
-//! save atomically. It must never parse the data format (that is
-//! `snapshot`) or answer a request (that is `routes`); and the save runs on
-//! this thread after the runtime has stopped serving, never on a tokio
-//! worker.
+//! Owns the order of a server's life (SPEC §3 and the log protocol in
+//! `wal`): lock the directory, load the data file and replay the logs,
+//! start the log writer, listen, serve until a signal, drain, stop the
+//! writer, save atomically, remove the logs. It must never parse a file
+//! format (that is `snapshot` and `wal`) or answer a request (that is
+//! `routes`); and the save runs on this thread after the runtime has
+//! stopped serving, never on a tokio worker.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::cli::ServeArgs;
-use crate::datadir::Locked;
+use crate::datadir::{Layout, Locked};
 use crate::error::Error;
 use crate::server::{self, Config};
 use crate::shutdown::Signals;
-use crate::snapshot::{self, ReadSummary};
 use crate::store::{self, Store};
+use crate::wal::{self, TornTail, Writer};
+use crate::{fault, snapshot};
 
 pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     info!(
@@ -34,18 +35,30 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
         warn!("removed a temp file left by an interrupted save; the data file itself was complete");
     }
     raise_open_files_limit();
+    let layout = dir.layout().clone();
 
-    let data_file = dir.layout().snapshot();
-    let started = Instant::now();
-    let (store, read) = load(&data_file)?;
-    let store = Arc::new(store);
+    let store = Arc::new(recover(&layout)?);
     info!(
-        "loaded {} keys ({} bytes) from {} in {} ms",
-        store.len(),
-        read.bytes,
-        data_file.display(),
-        started.elapsed().as_millis()
+        "write-ahead log: {}, fsync {}, checkpoint every {} bytes",
+        layout.wal().display(),
+        match args.fsync {
+            wal::FsyncPolicy::Always => "always (before each acknowledgement)",
+            wal::FsyncPolicy::Periodic => "periodic (at least once a second)",
+        },
+        args.wal_max_bytes
     );
+    let options = wal::Options {
+        fsync: args.fsync,
+        max_bytes: args.wal_max_bytes,
+    };
+    let (wal, writer) =
+        Writer::start(layout.clone(), Arc::clone(&store), options).map_err(|error| {
+            Error::Startup {
+                what: "opening the write-ahead log",
+                error,
+            }
+        })?;
+    let wal = Arc::new(wal);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,36 +72,72 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
         shutdown_timeout: args.shutdown_timeout,
     };
     let addr = SocketAddr::new(args.bind, args.port);
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let listener = listen(addr).map_err(|error| Error::Listen { addr, error })?;
         let local = listener.local_addr().unwrap_or(addr);
         info!("listening on {local}");
         server::run(
             listener,
             Arc::clone(&store),
+            Arc::clone(&wal),
             &config,
             signals.nth(1),
             signals.nth(2),
         )
         .await;
         Ok::<_, Error>(())
-    })?;
+    });
     // Connections that outlived the drain are dropped here, unanswered.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    // Writes already queued are logged and applied (they were not
+    // acknowledged, but they are not lost either); later ones are refused.
+    writer.stop();
+    served?;
 
     store.freeze();
     let started = Instant::now();
     let view = store.view();
-    let saved = snapshot::write_atomic(&data_file, view.sorted())?;
+    let saved = snapshot::write_atomic(&layout.snapshot(), view.sorted())?;
+    fault::crash_point("save:after-snapshot");
+    // The data file now holds every logged write; replaying the logs over
+    // it would change nothing, so a crash before this removal is harmless.
+    wal::remove_logs(&[layout.wal_prev(), layout.wal()]).map_err(Error::Checkpoint)?;
     info!(
         "saved {} keys ({} bytes) to {} in {} ms",
         saved.records,
         saved.bytes,
-        data_file.display(),
+        layout.snapshot().display(),
         started.elapsed().as_millis()
     );
     info!("exiting");
     Ok(())
+}
+
+/// Loads the data file and replays the logs over it, cutting a torn last
+/// record off. A checkpoint that a crash interrupted (`wal.prev.jsonl`
+/// still there) is completed before serving.
+fn recover(layout: &Layout) -> Result<Store, Error> {
+    let started = Instant::now();
+    let mut builder = store::Builder::new();
+    let read = snapshot::read_file(&layout.snapshot(), |key, value| builder.push(key, value))
+        .map_err(Error::Load)?;
+    let store = builder.build();
+    let records = wal::replay_all(layout, &store, TornTail::Truncate).map_err(Error::Log)?;
+    info!(
+        "loaded {} keys ({} bytes) from {} and {records} log records in {} ms",
+        store.len(),
+        read.bytes,
+        layout.snapshot().display(),
+        started.elapsed().as_millis()
+    );
+    if layout.wal_prev().exists() {
+        info!("completing a checkpoint interrupted by a crash");
+        let view = store.view();
+        snapshot::write_atomic(&layout.snapshot(), view.sorted())?;
+        drop(view);
+        wal::remove_logs(&[layout.wal_prev(), layout.wal()]).map_err(Error::Checkpoint)?;
+    }
+    Ok(store)
 }
 
 /// Binds the listening socket with a deep accept queue: the default of 128
@@ -118,13 +167,4 @@ fn raise_open_files_limit() {
             "cannot raise the open files limit: {e}; fewer concurrent connections may be possible"
         ),
     }
-}
-
-/// Loads a data file into a store, as the server does at start; the offline
-/// tools load through here too, so they see exactly what a server would.
-pub fn load(data_file: &Path) -> Result<(Store, ReadSummary), Error> {
-    let mut builder = store::Builder::new();
-    let read = snapshot::read_file(data_file, |key, value| builder.push(key, value))
-        .map_err(Error::Load)?;
-    Ok((builder.build(), read))
 }

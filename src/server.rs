@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::routes;
 use crate::store::Store;
+use crate::wal::Wal;
 
 /// How long a client may take to send a request's headers. Bounds what a
 /// slow or silent client can hold; bodies are bounded by the value limit.
@@ -62,11 +63,12 @@ pub enum Drain {
 pub async fn run(
     listener: TcpListener,
     store: Arc<Store>,
+    wal: Arc<Wal>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
     stop_waiting: impl Future<Output = ()>,
 ) -> Drain {
-    let service = warp::service(routes::routes(store, config.max_value_bytes));
+    let service = warp::service(routes::routes(store, wal, config.max_value_bytes));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -256,6 +256,7 @@ fn write_then_rename<'a>(
         .map_err(|e| fail("writing the temp file")(e.into_error()))?;
     file.sync_all().map_err(fail("syncing the temp file"))?;
     drop(file);
+    crate::fault::crash_point("snapshot:before-rename");
     std::fs::rename(tmp, target).map_err(fail("renaming the temp file"))?;
     sync_dir(target).map_err(fail("syncing the directory"))?;
     Ok(summary)

@@ -197,6 +197,21 @@ impl Store {
         }
     }
 
+    /// A sorted copy of every pair, taken one shard at a time so that reads
+    /// and writes go on meanwhile: each key is as it was at some moment
+    /// during the copy. That is all a checkpoint needs (see `wal`), and it
+    /// costs a second copy of the data while it exists.
+    pub fn fuzzy_copy(&self) -> Sorted {
+        let mut entries = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = lock_read(shard);
+            entries.extend(shard.entries.iter().map(|e| Entry(e.0.clone())));
+        }
+        // Keys are unique, so an unstable sort gives the one order.
+        entries.par_sort_unstable_by(|a: &Entry, b: &Entry| a.key().cmp(b.key()));
+        Sorted(entries)
+    }
+
     /// A consistent view of every pair: every shard is read-locked at
     /// once. Writers wait while it is held, so hold it only for as long as
     /// a save or a dump takes.
@@ -321,6 +336,17 @@ impl Builder {
         self.entries.push(Entry::new(key, value));
     }
 
+    /// Records that `key` was deleted after what was pushed before: an
+    /// entry with an empty value, which no real value can be.
+    pub fn delete(&mut self, key: &str) {
+        self.entries.push(Entry::new(key, ""));
+    }
+
+    /// Forgets everything pushed before.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// The pairs in key order, the later of equal keys kept, without
     /// building a store: for tools that only write the pairs out, this
     /// holds the data once, with no hash tables beside it.
@@ -336,6 +362,7 @@ impl Builder {
             }
             same
         });
+        self.entries.retain(|e| !e.value().is_empty());
         Sorted(self.entries)
     }
 
@@ -356,9 +383,14 @@ impl Builder {
             .for_each(|(entries, shard)| {
                 let mut shard = lock_write(shard);
                 for entry in entries {
-                    // `replace`, not `insert`: the later of two equal keys
-                    // wins.
-                    shard.entries.replace(entry);
+                    if entry.value().is_empty() {
+                        // A deletion recorded by `Builder::delete`.
+                        shard.entries.remove(entry.key());
+                    } else {
+                        // `replace`, not `insert`: the later of two equal
+                        // keys wins.
+                        shard.entries.replace(entry);
+                    }
                 }
             });
         store
@@ -453,6 +485,35 @@ mod tests {
         let sorted = b.into_sorted();
         let pairs: Vec<_> = sorted.iter().collect();
         assert_eq!(pairs, [("a", "3"), ("m", "1"), ("z", "2")]);
+    }
+
+    #[test]
+    fn builder_applies_deletes_and_clears_in_order() {
+        let mut b = Builder::default();
+        b.push("gone", "1");
+        b.push("a", "1");
+        b.clear();
+        b.push("a", "2");
+        b.push("b", "2");
+        b.delete("b");
+        b.push("c", "3");
+        b.delete("c");
+        b.push("c", "4");
+        let pairs: Vec<_> = b
+            .into_sorted()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(pairs, ["a=2", "c=4"]);
+
+        let mut b = Builder::default();
+        b.push("a", "1");
+        b.push("b", "1");
+        b.delete("a");
+        let store = b.build();
+        assert_eq!(store.get("a"), None);
+        assert_eq!(store.get("b").as_deref(), Some("1"));
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

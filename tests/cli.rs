@@ -257,25 +257,40 @@ fn restore_is_refused_while_a_server_holds_the_directory() {
 }
 
 #[test]
-fn get_and_dump_work_while_a_server_runs_and_say_so() {
+fn get_and_dump_show_a_running_servers_logged_writes_and_say_so() {
     let env = TestEnv::new();
     env.write_data_file(&sample());
     let server = Server::start(&env.dir(), &[]);
     server.put("a", "changed").assert(200, "");
-    let note = "this is the data as it was last saved";
+    server.delete("user:2").assert(200, "");
+    server.put("new", "v").assert(200, "");
+    let note = "this shows the writes it had logged";
     env.kvs("get", &["a"])
         .assert()
         .success()
-        .stdout("1")
+        .stdout("changed")
         .stderr(predicate::str::contains(note))
         .stderr(predicate::str::contains(server.pid().to_string()));
+    env.kvs("get", &["user:2"]).assert().code(1);
+    let expected = [
+        line("a", "changed"),
+        line("b:multi", "line one\nline two\n"),
+        line("c", "tab\there \"quoted\" \\ 🦀"),
+        line("new", "v"),
+        line("user:1", "alice"),
+    ]
+    .concat();
     env.kvs("dump", &[])
         .assert()
         .success()
-        .stdout(sample())
+        .stdout(expected.clone())
         .stderr(predicate::str::contains(note));
+    // Reading changed nothing: the server's log is as it was.
+    let log = std::fs::read(env.dir().join("wal.jsonl")).unwrap();
+    assert_eq!(log.iter().filter(|&&b| b == b'\n').count(), 3);
     server.stop().assert_clean();
-    // Once the server has saved, the tools see its writes, and no note.
+    // Once the server has saved, the data file holds it all, and no note.
+    assert_eq!(env.data_file(), expected);
     env.kvs("get", &["a"])
         .assert()
         .success()

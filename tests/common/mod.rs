@@ -51,8 +51,19 @@ impl Server {
     /// Like `start`, but returns how the process ended if it exits before
     /// listening.
     pub fn try_start(dir: &Path, args: &[&str]) -> Result<Server, Exit> {
+        Server::try_start_with_env(dir, args, &[])
+    }
+
+    /// Like `try_start`, with extra environment variables (such as
+    /// `KVS_CRASH_AT`, which the test build's crash points obey).
+    pub fn try_start_with_env(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, Exit> {
         let started = Instant::now();
         let mut child = Command::new(KVS)
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--port=0")
             .arg("--working-dir")
@@ -71,7 +82,8 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
                 let mut log = log_writer.lock().unwrap();
                 log.push_str(&line);
@@ -119,6 +131,11 @@ impl Server {
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: the process dies at once, saving nothing.
+    pub fn kill(self) -> Exit {
+        self.stop_with(Signal::SIGKILL)
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -360,4 +377,22 @@ impl TestEnv {
 /// A data file line.
 pub fn line(key: &str, value: &str) -> String {
     format!("{}\n", serde_json::json!({ "key": key, "value": value }))
+}
+
+/// Like `request`, but returns an error instead of panicking when the
+/// server is gone.
+pub fn send_raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body.unwrap_or_default());
+    send_raw(addr, &raw)
 }
