@@ -50,12 +50,12 @@ def write_data_file(path, keys, value_bytes=100, prefix="key-"):
 class Server:
     """A release `kvs serve` on a free port; stderr is kept for its log."""
 
-    def __init__(self, workdir, *args, cpus=None):
+    def __init__(self, workdir, *args, cpus=None, binary=KVS):
         self.log_file = tempfile.NamedTemporaryFile("w+", prefix="kvs-bench-", suffix=".log")
         self.log_path = self.log_file.name
         pin = ["taskset", "-c", cpus] if cpus else []
         self.proc = subprocess.Popen(
-            pin + [KVS, "serve", "--port=0", "--working-dir", workdir, *args],
+            pin + [binary, "serve", "--port=0", "--working-dir", workdir, *args],
             stdout=subprocess.DEVNULL,
             stderr=self.log_file,
         )
@@ -119,3 +119,47 @@ def machine():
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}"
+
+
+# Fresh keys: a random prefix per thread and run, then a counter.
+PUT_SCRIPT = r"""
+local tail = " HTTP/1.1\r\nHost: kvs\r\nContent-Length: 100\r\n\r\n" .. string.rep("v", 100)
+local prefix
+local counter = 0
+init = function()
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  prefix = "PUT /kv/fresh-" .. math.random(1, 1e9) .. "-"
+end
+request = function()
+  counter = counter + 1
+  return prefix .. counter .. tail
+end
+"""
+
+
+def wrk(url, seconds, connections, script=None, pin=True):
+    """Runs wrk against `url`; returns requests/s and p50/p99 in ms. With
+    `pin`, wrk runs one thread on CPU 1 (the server is on CPU 0)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        threads = "-t1" if pin or connections < 2 else "-t2"
+        cmd = ["wrk", threads, f"-c{connections}", f"-d{seconds}s", "--latency", url]
+        if script:
+            f.write(script)
+            f.flush()
+            cmd[1:1] = ["-s", f.name]
+        if pin:
+            cmd = ["taskset", "-c", "1"] + cmd
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError("wrk saw errors:\n" + out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": percentile_ms(out, 50),
+        "p99": percentile_ms(out, 99),
+    }
+
+
+def percentile_ms(wrk_output, pct):
+    """A latency percentile from wrk --latency output, in milliseconds."""
+    m = re.search(rf"\b{pct}%\s+([\d.]+)(us|ms|s)\b", wrk_output)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]

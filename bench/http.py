@@ -23,11 +23,9 @@ wrk is installed from Debian's packages if it is missing.
 
 import argparse
 import os
-import re
-import subprocess
 import tempfile
 
-from common import Server, build, machine, median, need, write_data_file
+from common import PUT_SCRIPT, Server, build, machine, median, need, wrk, write_data_file
 
 PRELOADED = 100_000
 
@@ -57,39 +55,6 @@ GET_SCRIPT = PATHS_SCRIPT + r"""
 make_path = function() return string.format("/kv/key-%08d", math.random(0, LAST)) end
 """.replace("LAST", str(PRELOADED - 1))
 
-# Fresh keys: a random prefix per thread and run, then a counter.
-PUT_SCRIPT = r"""
-local tail = " HTTP/1.1\r\nHost: kvs\r\nContent-Length: 100\r\n\r\n" .. string.rep("v", 100)
-local prefix
-local counter = 0
-init = function()
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-  prefix = "PUT /kv/fresh-" .. math.random(1, 1e9) .. "-"
-end
-request = function()
-  counter = counter + 1
-  return prefix .. counter .. tail
-end
-"""
-
-
-def wrk(url, seconds, connections, script=None, pin=True):
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
-        threads = "-t1" if pin else "-t2"
-        cmd = ["wrk", threads, f"-c{connections}", f"-d{seconds}s", "--latency", url]
-        if script:
-            f.write(script)
-            f.flush()
-            cmd[1:1] = ["-s", f.name]
-        if pin:
-            cmd = ["taskset", "-c", "1"] + cmd
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError("wrk saw errors:\n" + out)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    return rps, p99_ms
 
 
 def main():
@@ -114,7 +79,8 @@ def main():
             for run in range(args.runs):
                 # Interleaved, so that all three see the same machine state.
                 for name, script in (("health", HEALTH_SCRIPT), ("get", GET_SCRIPT), ("put", PUT_SCRIPT)):
-                    results[name].append(wrk(base + "/", args.seconds, args.connections, script, args.pin))
+                    m = wrk(base + "/", args.seconds, args.connections, script, args.pin)
+                    results[name].append((m["rps"], m["p99"]))
                 print(f"run {run + 1}: " + ", ".join(
                     f"{name} {r[-1][0]:,.0f} req/s p99 {r[-1][1]:.2f} ms" for name, r in results.items()))
         finally:
