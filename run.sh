@@ -22,7 +22,7 @@ esac
 color=never
 [ -t 2 ] && color=always
 if ! cargo build --release --color "$color" --manifest-path "$repo/Cargo.toml" 2>&1 >/dev/null \
-    | sed -E '/Finished .*target\(s\) in /d' >&2; then
+    | sed -u -E '/Finished.*target\(s\) in /d' >&2; then
   echo "run.sh: building kvs failed; see cargo's errors above" >&2
   exit 2
 fi

@@ -107,7 +107,12 @@ impl Locked {
                 dir: root.to_owned(),
             });
         }
-        std::fs::create_dir_all(root).map_err(io_err("creating it"))?;
+        if !root.exists() {
+            std::fs::create_dir_all(root).map_err(io_err("creating it"))?;
+            // A new directory must survive a power cut as surely as the
+            // first data file written into it.
+            snapshot::sync_dir(root).map_err(io_err("syncing its parent"))?;
+        }
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)

@@ -19,15 +19,18 @@ use crate::snapshot::{ReadError, WriteError};
 pub enum Error {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
-    #[error(
-        "cannot load the data file: {0}; fix or remove that line (the file was left untouched)"
-    )]
+    #[error("cannot load the data file: {0}{hint}", hint = fix_hint(.0, "fix or remove that line"))]
     Load(ReadError),
     #[error(
-        "cannot replay the write-ahead log: {0}; the file was left untouched (move it aside to start without its writes)"
+        "cannot replay the write-ahead log: {0}{hint}",
+        hint = fix_hint(.0, "fix that line, or move the log aside to start without its writes")
     )]
     Log(ReadError),
-    #[error("{0}; the previous data file was left intact")]
+    #[error("{0}{hint}", hint = if .0.replaced() {
+        "; the new data file is in place but may not survive a power loss"
+    } else {
+        "; the previous data file was left intact"
+    })]
     Save(#[from] WriteError),
     #[error("{0}")]
     Checkpoint(crate::wal::CheckpointError),
@@ -67,6 +70,15 @@ pub enum Error {
         #[source]
         error: io::Error,
     },
+}
+
+/// What to do about a file that could not be read: for a bad line, `fix`;
+/// either way, the file was not changed.
+fn fix_hint(error: &ReadError, fix: &str) -> String {
+    match error {
+        ReadError::Invalid { .. } => format!("; {fix} (the file was left untouched)"),
+        ReadError::Io { .. } => " (the file was left untouched)".to_owned(),
+    }
 }
 
 /// How a command that did not fail ended.

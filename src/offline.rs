@@ -24,7 +24,7 @@ pub fn open_read_only(dir: &Path) -> Result<ReadOnly, Error> {
     let opened = ReadOnly::open(dir)?;
     if let Some(pid) = opened.writer_pid {
         eprintln!(
-            "kvs: note: a kvs server (pid {pid}) is using {}; this shows the writes it had logged when they were read",
+            "kvs: note: a kvs process (pid {pid}) is using {}; this shows the writes it had logged when they were read",
             dir.display()
         );
     }

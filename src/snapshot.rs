@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,17 @@ pub struct WriteError {
     error: io::Error,
 }
 
+/// The one step that fails after the rename.
+const SYNC_DIR_STEP: &str = "syncing the directory";
+
+impl WriteError {
+    /// Whether the new file had already replaced the target (only the
+    /// directory sync after the rename failed).
+    pub fn replaced(&self) -> bool {
+        self.step == SYNC_DIR_STEP
+    }
+}
+
 /// What a read saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadSummary {
@@ -130,9 +141,15 @@ pub fn read(
     let mut summary = ReadSummary::default();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
+    // With a value limit, no valid line can be longer than this (a value
+    // escaped at worst 6 bytes a byte, a key, and the JSON around them), so
+    // an endless line is refused instead of filling memory.
+    let max_line = max_value_bytes.map(|max| max.saturating_mul(6).saturating_add(4096));
     loop {
         buf.clear();
-        let n = input
+        let limit = max_line.unwrap_or(u64::MAX);
+        let n = (&mut input)
+            .take(limit)
             .read_until(b'\n', &mut buf)
             .map_err(|error| ReadError::Io {
                 source_name: source_name.to_owned(),
@@ -143,6 +160,13 @@ pub fn read(
         }
         line_no += 1;
         summary.bytes += n as u64;
+        if n as u64 == limit && !buf.ends_with(b"\n") {
+            return Err(ReadError::Invalid {
+                source_name: source_name.to_owned(),
+                line: line_no,
+                reason: format!("longer than any valid record ({limit} bytes and no end in sight)"),
+            });
+        }
         let invalid = |reason: String| ReadError::Invalid {
             source_name: source_name.to_owned(),
             line: line_no,
@@ -150,7 +174,9 @@ pub fn read(
         };
         let line = std::str::from_utf8(&buf)
             .map_err(|e| invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to() + 1)))?;
-        if line.trim().is_empty() {
+        // Only ASCII whitespace: a line of, say, no-break spaces is not
+        // blank, it is a bad record.
+        if line.trim_ascii().is_empty() {
             continue;
         }
         let record = parse_line(line).map_err(invalid)?;
@@ -240,6 +266,11 @@ fn write_then_rename<'a>(
         }
     };
     let file = File::create(tmp).map_err(fail("creating the temp file"))?;
+    // Keep the permissions an operator gave the file being replaced.
+    if let Ok(existing) = std::fs::metadata(target) {
+        file.set_permissions(existing.permissions())
+            .map_err(fail("copying the file's permissions"))?;
+    }
     let mut out = CountingWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
         bytes: 0,
@@ -258,7 +289,7 @@ fn write_then_rename<'a>(
     drop(file);
     crate::fault::crash_point("snapshot:before-rename");
     std::fs::rename(tmp, target).map_err(fail("renaming the temp file"))?;
-    sync_dir(target).map_err(fail("syncing the directory"))?;
+    sync_dir(target).map_err(fail(SYNC_DIR_STEP))?;
     Ok(summary)
 }
 

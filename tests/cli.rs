@@ -99,7 +99,7 @@ fn dump_table_keeps_each_pair_on_one_row() {
     assert!(table.contains("line one\\nline two\\n"), "{table}");
     assert!(table.contains('…'), "long value not shortened:\n{table}");
     assert!(!table.contains(&long), "{table}");
-    // Header, 6 rows, 4 rules, and the count line: one line per pair.
+    // Header, 6 rows, 3 rules, and the count line: one line per pair.
     assert_eq!(table.lines().count(), 1 + 6 + 3 + 1, "{table}");
     assert!(table.trim_end().ends_with("6 keys"), "{table}");
     for l in table.lines() {

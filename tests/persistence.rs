@@ -316,7 +316,7 @@ fn a_failed_save_exits_2_and_keeps_the_previous_file() {
 fn the_working_directory_is_created_and_relative_paths_work() {
     let dir = temp_dir();
     let nested = dir.path().join("a/b/c");
-    let server = Server::start(&nested, &[]);
+    let server = Server::start_in(dir.path(), "a/b/c");
     server.put("k", "v").assert(200, "");
     server.stop().assert_clean();
     assert!(nested.join("LOCK").exists());

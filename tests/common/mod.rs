@@ -61,14 +61,30 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Server, Exit> {
-        let started = Instant::now();
-        let mut child = Command::new(KVS)
+        let mut command = Command::new(KVS);
+        command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--port=0")
             .arg("--working-dir")
             .arg(dir)
-            .args(args)
+            .args(args);
+        Server::launch(command, dir)
+    }
+
+    /// Starts `kvs serve --working-dir RELATIVE` from the directory `cwd`.
+    pub fn start_in(cwd: &Path, relative: &str) -> Server {
+        let mut command = Command::new(KVS);
+        command
+            .current_dir(cwd)
+            .args(["serve", "--port=0", "--working-dir", relative]);
+        Server::launch(command, &cwd.join(relative))
+            .unwrap_or_else(|exit| panic!("kvs serve exited with {}:\n{}", exit.status, exit.log))
+    }
+
+    fn launch(mut command: Command, dir: &Path) -> Result<Server, Exit> {
+        let started = Instant::now();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -83,7 +99,9 @@ impl Server {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let addr = addr.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    if let Ok(addr) = addr.parse::<SocketAddr>() {
+                        let _ = tx.send(addr);
+                    }
                 }
                 let mut log = log_writer.lock().unwrap();
                 log.push_str(&line);
@@ -113,10 +131,12 @@ impl Server {
                     took: started.elapsed(),
                 });
             }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "kvs serve did not start in time"
-            );
+            if started.elapsed() > PATIENCE {
+                // Never leave a server behind, even when failing.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("kvs serve did not start in time:\n{}", log.lock().unwrap());
+            }
         }
     }
 
@@ -160,6 +180,7 @@ impl Server {
                     took: started.elapsed(),
                 };
             }
+            // On a timeout, Drop kills the process.
             assert!(
                 started.elapsed() < PATIENCE,
                 "kvs serve did not exit in time:\n{}",
