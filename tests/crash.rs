@@ -407,3 +407,30 @@ fn restore_merge_over_a_log_does_not_let_old_writes_win() {
     server.get("a").assert(200, "from the data file");
     server.get("gone").assert(404, "key not found\n");
 }
+
+#[test]
+fn memory_and_the_log_agree_on_concurrent_writes_to_one_key() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr;
+    for round in 0..5 {
+        let writers: Vec<_> = (0..16)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let value = format!("round {round} writer {t} write {i}");
+                        request(addr, "PUT", "/kv/contended", Some(value.as_bytes()))
+                            .assert(200, "");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+    let in_memory = server.get("contended").text().to_owned();
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    server.get("contended").assert(200, &in_memory);
+}
