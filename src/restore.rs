@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::RestoreArgs;
 use crate::datadir::{Layout, Locked};
 use crate::error::{Error, Outcome};
-use crate::store::{Builder, Sorted};
+use crate::store::Builder;
 use crate::{fault, offline, snapshot, wal};
 
 /// Inputs at least this large get a progress bar (on a terminal).
@@ -29,7 +29,6 @@ pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
     // also means a data file or log that cannot be parsed is never
     // overwritten unseen, even with --force.
     let current = offline::load_sorted(layout, "")?;
-    fold_logs(layout, &current)?;
     if !args.merge && !current.is_empty() && !args.force {
         return Err(Error::NotEmpty {
             dir: args.dir.path.clone(),
@@ -50,6 +49,8 @@ pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
     read_input(reader, &input.name, args.max_value_bytes, &mut pairs)?;
     progress.finish_and_clear();
 
+    // Only now that the input is known to be good is anything written.
+    fold_logs(layout)?;
     let sorted = pairs.into_sorted();
     snapshot::write_atomic(&layout.snapshot(), sorted.iter())?;
     println!(
@@ -60,15 +61,18 @@ pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
     Ok(Outcome::Success)
 }
 
-/// Writes `current` (the data file with the logs replayed) as the data file
-/// and removes the logs, if there are any. Replacing the data file while
-/// logs remain would let the next start replay old writes over the
-/// restored data; folding first keeps the state the same at every step.
-fn fold_logs(layout: &Layout, current: &Sorted) -> Result<(), Error> {
+/// If there are logs (a server crashed), writes the data file with them
+/// replayed and removes them. Replacing the data file while logs remain
+/// would let the next start replay old writes over the restored data;
+/// folding first keeps the state the same at every step. The data is read
+/// again rather than kept from before: this is rare, and holding it would
+/// double what every restore keeps in memory.
+fn fold_logs(layout: &Layout) -> Result<(), Error> {
     let logs = [layout.wal_prev(), layout.wal()];
     if !logs.iter().any(|log| log.exists()) {
         return Ok(());
     }
+    let current = offline::load_sorted(layout, "")?;
     snapshot::write_atomic(&layout.snapshot(), current.iter())?;
     fault::crash_point("restore:after-fold");
     wal::remove_logs(&logs).map_err(Error::Checkpoint)

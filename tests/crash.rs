@@ -434,3 +434,27 @@ fn memory_and_the_log_agree_on_concurrent_writes_to_one_key() {
     let server = Server::start(dir.path(), &[]);
     server.get("contended").assert(200, &in_memory);
 }
+
+#[test]
+fn a_refused_restore_leaves_the_data_file_and_the_log_as_they_were() {
+    let env = TestEnv::new();
+    data_file_and_log(&env.dir());
+    let snapshot_before = data_file(&env.dir());
+    let log_before = std::fs::read(env.dir().join("wal.jsonl")).unwrap();
+    // Without --force, and with a bad line: refused either way.
+    env.kvs("restore", &[])
+        .write_stdin(line("z", "new"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("already holds 2 keys"));
+    env.kvs("restore", &["--force"])
+        .write_stdin([line("z", "new"), "{bad\n".into()].concat())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("line 2:"));
+    assert_eq!(data_file(&env.dir()), snapshot_before);
+    assert_eq!(
+        std::fs::read(env.dir().join("wal.jsonl")).unwrap(),
+        log_before
+    );
+}
