@@ -53,6 +53,7 @@ pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
     fold_logs(layout)?;
     let sorted = pairs.into_sorted();
     snapshot::write_atomic(&layout.snapshot(), sorted.iter())?;
+    fault::crash_point("restore:after-write");
     println!(
         "restored {} keys into {}",
         sorted.len(),

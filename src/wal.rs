@@ -46,7 +46,7 @@
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -190,7 +190,43 @@ pub fn replay(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replayed::default()),
         Err(e) => return Err(io_error(e)),
     };
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    // Only what the file held when opened: a reader racing a live writer
+    // would otherwise see a record half-written when it first reads, then
+    // whole records after it once the append completes, and cry
+    // corruption. Cut at this length, a half-written record is simply the
+    // torn tail, and it was not acknowledged yet.
+    let len = file.metadata().map_err(io_error)?.len();
+    let replayed = replay_from(file, len, &name, &mut each)?;
+    if replayed.torn {
+        let at = replayed.valid_bytes;
+        warn!(
+            "{name}: dropped a torn last record at byte offset {at} (a write cut short by a crash; it was never acknowledged)"
+        );
+        if torn_tail == TornTail::Truncate {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_error)?;
+            file.set_len(at)
+                .and_then(|()| file.sync_all())
+                .map_err(io_error)?;
+        }
+    }
+    Ok(replayed)
+}
+
+/// Replays the first `len` bytes of `log` (see [`replay`]).
+fn replay_from(
+    log: impl Read,
+    len: u64,
+    name: &str,
+    each: &mut impl FnMut(Op<'_>),
+) -> Result<Replayed, ReadError> {
+    let io_error = |error| ReadError::Io {
+        source_name: name.to_owned(),
+        error,
+    };
+    let mut input = BufReader::with_capacity(1 << 20, log.take(len));
     let mut replayed = Replayed::default();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
@@ -214,7 +250,7 @@ pub fn replay(
                 continue;
             }
             return Err(ReadError::Invalid {
-                source_name: name,
+                source_name: name.to_owned(),
                 line: bad_line,
                 reason: format!(
                     "{reason}, and whole records follow it, so it is not a torn last write"
@@ -244,21 +280,6 @@ pub fn replay(
     }
     if suspect.is_some() {
         replayed.torn = true;
-    }
-    if replayed.torn {
-        let at = replayed.valid_bytes;
-        warn!(
-            "{name}: dropped a torn last record at byte offset {at} (a write cut short by a crash; it was never acknowledged)"
-        );
-        if torn_tail == TornTail::Truncate {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(io_error)?;
-            file.set_len(at)
-                .and_then(|()| file.sync_all())
-                .map_err(io_error)?;
-        }
     }
     Ok(replayed)
 }
@@ -336,6 +357,7 @@ impl Writer {
     /// Opens `wal.jsonl` for appending and starts the writer thread.
     pub fn start(layout: Layout, store: Arc<Store>, options: Options) -> io::Result<(Wal, Writer)> {
         let log = open_log(&layout.wal())?;
+        let log_len = log.metadata()?.len();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kvs-wal".into())
@@ -345,6 +367,7 @@ impl Writer {
                     store,
                     options,
                     log,
+                    log_len,
                     unsynced: false,
                     last_sync: Instant::now(),
                     checkpoint: None,
@@ -366,20 +389,18 @@ impl Writer {
     }
 }
 
-/// Opens (creating if needed) a log for appending, making its creation
-/// durable.
+/// Opens (creating if needed) a log for appending, making its existence
+/// durable: always, since an earlier run may have died between creating it
+/// and syncing its directory.
 fn open_log(path: &Path) -> io::Result<File> {
-    let existed = path.exists();
     let mut file = OpenOptions::new()
         .create(true)
         .read(true)
         .append(true)
         .open(path)?;
     file.seek(io::SeekFrom::End(0))?;
-    if !existed {
-        file.sync_all()?;
-        snapshot::sync_dir(path)?;
-    }
+    file.sync_all()?;
+    snapshot::sync_dir(path)?;
     Ok(file)
 }
 
@@ -389,6 +410,9 @@ struct WriterState {
     options: Options,
     /// `wal.jsonl`, open for appending.
     log: File,
+    /// Its length: where the next batch goes, and what a failed batch is
+    /// cut back to.
+    log_len: u64,
     /// Whether records were appended since the last fsync (`periodic`).
     unsynced: bool,
     last_sync: Instant,
@@ -473,6 +497,7 @@ impl WriterState {
             return;
         }
         buf.clear();
+        let len_before = self.log_len;
         for (op, _) in batch.iter() {
             serde_json::to_writer(&mut *buf, op).expect("a record always serializes");
             buf.push(b'\n');
@@ -490,11 +515,25 @@ impl WriterState {
                 self.layout.wal().display()
             );
             self.failed = true;
+            // Whole records of this batch may have reached the file; they
+            // were not applied or acknowledged, so they must not be
+            // replayed either.
+            if let Err(e) = self
+                .log
+                .set_len(len_before)
+                .and_then(|()| self.log.sync_data())
+            {
+                error!(
+                    "cannot cut {} back to its last acknowledged record: {e}; a restart may replay writes that were refused",
+                    self.layout.wal().display()
+                );
+            }
             for (_, done) in batch.drain(..) {
                 let _ = done.send(Err(WriteError::LogFailed));
             }
             return;
         }
+        self.log_len += buf.len() as u64;
         match self.options.fsync {
             FsyncPolicy::Always => self.last_sync = Instant::now(),
             FsyncPolicy::Periodic => self.unsynced = true,
@@ -534,8 +573,7 @@ impl WriterState {
                 let _ = done.join();
             }
         }
-        let size = self.log.metadata().map(|m| m.len()).unwrap_or(0);
-        if size < self.options.max_bytes || self.layout.wal_prev().exists() {
+        if self.log_len < self.options.max_bytes || self.layout.wal_prev().exists() {
             return;
         }
         if let Err(e) = self.switch_logs() {
@@ -567,7 +605,7 @@ impl WriterState {
         std::fs::rename(self.layout.wal(), self.layout.wal_prev())?;
         fault::crash_point("checkpoint:after-log-switch");
         self.log = open_log(&self.layout.wal())?;
-        snapshot::sync_dir(&self.layout.wal())?;
+        self.log_len = 0;
         info!(
             "checkpoint begun: {} is now {}",
             self.layout.wal().display(),
@@ -591,6 +629,17 @@ impl WriterState {
 fn checkpoint(layout: &Layout, store: &Store) -> Result<(), CheckpointError> {
     let started = Instant::now();
     let pairs = store.fuzzy_copy();
+    // The copy may hold writes that `--fsync periodic` has not synced yet.
+    // Every one of them is in wal.jsonl already (records are appended
+    // before they are applied), so syncing it now means the snapshot never
+    // holds a write that a power cut could take out of the log: replay
+    // still ends in a state the clients saw, not a mixture.
+    File::open(layout.wal())
+        .and_then(|log| log.sync_data())
+        .map_err(|error| CheckpointError::Remove {
+            path: layout.wal(),
+            error,
+        })?;
     fault::crash_point("checkpoint:after-copy");
     let saved = snapshot::write_atomic(&layout.snapshot(), pairs.iter())?;
     drop(pairs);
@@ -633,7 +682,7 @@ pub fn remove_logs(logs: &[PathBuf]) -> Result<(), CheckpointError> {
 pub enum CheckpointError {
     #[error(transparent)]
     Save(#[from] snapshot::WriteError),
-    #[error("cannot remove {}: {error}", path.display())]
+    #[error("cannot remove or sync {}: {error}", path.display())]
     Remove {
         path: PathBuf,
         #[source]
@@ -708,6 +757,45 @@ mod tests {
         assert!(msg.contains("line 4:"), "{msg}");
         assert!(msg.contains("whole records follow it"), "{msg}");
         assert_eq!(std::fs::read(&path).unwrap(), text.as_bytes());
+    }
+
+    /// A log that a writer is still appending to: the first read returns
+    /// what was there (ending in half a record), later reads return the
+    /// rest of that record and more.
+    struct Growing {
+        parts: Vec<Vec<u8>>,
+    }
+
+    impl Read for Growing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.parts.is_empty() {
+                return Ok(0);
+            }
+            let part = &mut self.parts[0];
+            let n = part.len().min(buf.len());
+            buf[..n].copy_from_slice(&part[..n]);
+            part.drain(..n);
+            if part.is_empty() {
+                self.parts.remove(0);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_record_being_appended_while_read_is_a_torn_tail_not_corruption() {
+        let half = "{\"op\":\"set\",\"key\":\"b\",\"va";
+        let first = format!("{GOOD}{half}");
+        let rest = format!("lue\":\"2\"}}\n{GOOD}");
+        let log = Growing {
+            parts: vec![first.clone().into_bytes(), rest.into_bytes()],
+        };
+        let mut ops = 0;
+        let replayed =
+            replay_from(log, first.len() as u64, "wal.jsonl", &mut |_| ops += 1).unwrap();
+        assert_eq!(ops, 3);
+        assert!(replayed.torn);
+        assert_eq!(replayed.valid_bytes, GOOD.len() as u64);
     }
 
     #[test]
