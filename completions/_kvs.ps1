@@ -26,7 +26,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print the value stored under KEY, as last saved in the data file')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print the value stored under KEY')
             [CompletionResult]::new('dump', 'dump', [CompletionResultType]::ParameterValue, 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Replace (or with --merge, update) the data file from JSON Lines')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to standard output')
@@ -85,7 +85,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
         }
         'kvs;help' {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit')
-            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print the value stored under KEY, as last saved in the data file')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Print the value stored under KEY')
             [CompletionResult]::new('dump', 'dump', [CompletionResultType]::ParameterValue, 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Replace (or with --merge, update) the data file from JSON Lines')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to standard output')

@@ -23,7 +23,7 @@ set edit:completion:arg-completer[kvs] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand serve 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit'
-            cand get 'Print the value stored under KEY, as last saved in the data file'
+            cand get 'Print the value stored under KEY'
             cand dump 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise'
             cand restore 'Replace (or with --merge, update) the data file from JSON Lines'
             cand completions 'Print a shell completion script to standard output'
@@ -76,7 +76,7 @@ set edit:completion:arg-completer[kvs] = {|@words|
         }
         &'kvs;help'= {
             cand serve 'Serve the store over HTTP until SIGTERM or SIGINT, then save it and exit'
-            cand get 'Print the value stored under KEY, as last saved in the data file'
+            cand get 'Print the value stored under KEY'
             cand dump 'Print every pair, sorted by key: a table on a terminal, JSON Lines otherwise'
             cand restore 'Replace (or with --merge, update) the data file from JSON Lines'
             cand completions 'Print a shell completion script to standard output'

@@ -94,13 +94,15 @@ pub struct ServeArgs {
 /// 64 MiB: replays in well under a second at start.
 pub const DEFAULT_WAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Print the value stored under KEY, as last saved in the data file.
+/// Print the value stored under KEY.
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
 Prints the value exactly as stored, adding a newline only when standard \
 output is a terminal. Exits 1, with `key not found: KEY` on stderr, when \
-the key is absent, like grep. Never creates, locks or changes a file; while \
-a server runs it shows the last saved state and says so on stderr.
+the key is absent, like grep. Reads the data file with the write-ahead log \
+replayed, as a server would load it. Never creates, locks or changes a file; \
+while a server runs it shows the writes that server had logged, and says so \
+on stderr.
 
 Examples:
   kvs get greeting --working-dir data
@@ -117,9 +119,10 @@ pub struct GetArgs {
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
 The JSON Lines output is byte for byte the data-file format, so it is a \
-backup that `kvs restore` reads back. Never creates, locks or changes a \
-file; while a server runs it shows the last saved state and says so on \
-stderr.
+backup that `kvs restore` reads back. Reads the data file with the \
+write-ahead log replayed, as a server would load it. Never creates, locks or \
+changes a file; while a server runs it shows the writes that server had \
+logged, and says so on stderr.
 
 Examples:
   kvs dump                                  # a table on a terminal
@@ -162,7 +165,9 @@ the line. Then writes the data file atomically (temp file, fsync, rename, \
 directory fsync) and prints `restored N keys into DIR`, N being the number \
 of keys the store holds afterwards. Refuses while a server holds the \
 directory, and refuses to replace a store that has data unless --force or \
---merge is given.
+--merge is given. A write-ahead log left by a crashed server is counted as \
+data and folded into the data file first, so a crash at any step leaves \
+the old data or the new.
 
 Examples:
   kvs restore backup.jsonl --working-dir data

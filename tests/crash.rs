@@ -113,65 +113,19 @@ fn five_hundred_sequential_1000_byte_puts_then_sigkill() {
 fn ten_thousand_puts_on_500_connections_then_sigkill() {
     let dir = temp_dir();
     let server = Server::start(dir.path(), &[]);
-    let addr = server.addr;
-    let clients: Vec<_> = (0..500)
-        .map(|c| {
-            std::thread::spawn(move || {
-                for i in 0..20 {
-                    let value = format!("value {c} {i}");
-                    request(
-                        addr,
-                        "PUT",
-                        &format!("/kv/key-{c}-{i}"),
-                        Some(value.as_bytes()),
-                    )
-                    .assert(200, "");
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().unwrap();
-    }
+    common::put_10k_from_500_clients(server.addr);
     server.kill();
-
     let server = Server::start(dir.path(), &[]);
-    assert!(
-        server.log().contains("loaded 10000 keys"),
-        "{}",
-        server.log()
-    );
-    for c in (0..500).step_by(11) {
-        for i in 0..20 {
-            server
-                .get(&format!("key-{c}-{i}"))
-                .assert(200, &format!("value {c} {i}"));
-        }
-    }
+    common::check_10k_sample(&server, 11);
 }
 
 #[test]
 fn four_sigkill_cycles_accumulate_keys() {
     let dir = temp_dir();
-    for cycle in 0..4 {
-        let server = Server::start(dir.path(), &["--wal-max-bytes", "2000"]);
-        for earlier in 0..cycle {
-            for i in 0..30 {
-                server
-                    .get(&format!("c{earlier}-{i}"))
-                    .assert(200, &format!("cycle {earlier} value {i}"));
-            }
-        }
-        for i in 0..30 {
-            server
-                .put(
-                    &format!("c{cycle}-{i}"),
-                    &format!("cycle {cycle} value {i}"),
-                )
-                .assert(200, "");
-        }
+    // A small log limit, so the lives also cross checkpoints.
+    common::accumulate_over_four_lives(dir.path(), &["--wal-max-bytes", "2000"], 30, |server| {
         server.kill();
-    }
+    });
     let server = Server::start(dir.path(), &[]);
     assert!(server.log().contains("loaded 120 keys"), "{}", server.log());
 }

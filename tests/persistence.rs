@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, data_file, read_response, request, temp_dir};
+use common::{Server, data_file, read_response, temp_dir};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -47,25 +47,7 @@ fn sigterm_and_sigint_save_everything_and_exit_zero() {
 #[test]
 fn four_restart_cycles_accumulate_keys() {
     let dir = temp_dir();
-    for cycle in 0..4 {
-        let server = Server::start(dir.path(), &[]);
-        for earlier in 0..cycle {
-            for i in 0..25 {
-                server
-                    .get(&format!("c{earlier}-{i}"))
-                    .assert(200, &format!("cycle {earlier} value {i}"));
-            }
-        }
-        for i in 0..25 {
-            server
-                .put(
-                    &format!("c{cycle}-{i}"),
-                    &format!("cycle {cycle} value {i}"),
-                )
-                .assert(200, "");
-        }
-        server.stop().assert_clean();
-    }
+    common::accumulate_over_four_lives(dir.path(), &[], 25, |server| server.stop().assert_clean());
     assert_eq!(data_file(dir.path()).lines().count(), 100);
 }
 
@@ -103,39 +85,11 @@ fn data_file_is_sorted_json_lines_with_exactly_two_fields() {
 fn ten_thousand_puts_on_500_connections_then_sigterm_lose_nothing() {
     let dir = temp_dir();
     let server = Server::start(dir.path(), &[]);
-    let addr = server.addr;
-    // 500 clients at once, each opening a new connection per request, as
-    // Go's default client does against a server that closes idle ones.
-    let clients: Vec<_> = (0..500)
-        .map(|c| {
-            std::thread::spawn(move || {
-                for i in 0..20 {
-                    let key = format!("key-{c}-{i}");
-                    let value = format!("value {c} {i}");
-                    request(addr, "PUT", &format!("/kv/{key}"), Some(value.as_bytes()))
-                        .assert(200, "");
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().unwrap();
-    }
+    common::put_10k_from_500_clients(server.addr);
     server.stop().assert_clean();
 
     let server = Server::start(dir.path(), &[]);
-    assert!(
-        server.log().contains("loaded 10000 keys"),
-        "{}",
-        server.log()
-    );
-    for c in (0..500).step_by(7) {
-        for i in 0..20 {
-            server
-                .get(&format!("key-{c}-{i}"))
-                .assert(200, &format!("value {c} {i}"));
-        }
-    }
+    common::check_10k_sample(&server, 7);
     server.stop().assert_clean();
     assert_eq!(data_file(dir.path()).lines().count(), 10_000);
 }

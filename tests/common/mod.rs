@@ -264,14 +264,7 @@ impl Response {
 
 /// Sends one request on a new connection and reads the whole response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Response {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(body) = body {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body.unwrap_or_default());
-    send_raw(addr, &raw).expect("request")
+    send_raw_request(addr, method, path, body).expect("request")
 }
 
 /// Sends raw bytes on a new connection and parses what comes back; an
@@ -401,7 +394,7 @@ pub fn line(key: &str, value: &str) -> String {
 }
 
 /// Like `request`, but returns an error instead of panicking when the
-/// server is gone.
+/// server is gone or closed the connection unanswered.
 pub fn send_raw_request(
     addr: SocketAddr,
     method: &str,
@@ -416,4 +409,72 @@ pub fn send_raw_request(
     let mut raw = head.into_bytes();
     raw.extend_from_slice(body.unwrap_or_default());
     send_raw(addr, &raw)
+}
+
+/// Four lives of a server on `dir`: each checks every key the earlier
+/// lives wrote, writes `per_life` keys of its own, and ends with `end` (a
+/// clean stop, or a kill).
+pub fn accumulate_over_four_lives(
+    dir: &Path,
+    args: &[&str],
+    per_life: usize,
+    end: impl Fn(Server),
+) {
+    for life in 0..4 {
+        let server = Server::start(dir, args);
+        for earlier in 0..life {
+            for i in 0..per_life {
+                server
+                    .get(&format!("c{earlier}-{i}"))
+                    .assert(200, &format!("life {earlier} value {i}"));
+            }
+        }
+        for i in 0..per_life {
+            server
+                .put(&format!("c{life}-{i}"), &format!("life {life} value {i}"))
+                .assert(200, "");
+        }
+        end(server);
+    }
+}
+
+/// 10,000 PUTs from 500 concurrent clients, each opening a new connection
+/// per request, as Go's default client does against a server that closes
+/// idle ones. Returns once every one was acknowledged.
+pub fn put_10k_from_500_clients(addr: SocketAddr) {
+    let clients: Vec<_> = (0..500)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    let value = format!("value {c} {i}");
+                    request(
+                        addr,
+                        "PUT",
+                        &format!("/kv/key-{c}-{i}"),
+                        Some(value.as_bytes()),
+                    )
+                    .assert(200, "");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
+/// Checks every `step`-th client's keys from `put_10k_from_500_clients`.
+pub fn check_10k_sample(server: &Server, step: usize) {
+    assert!(
+        server.log().contains("loaded 10000 keys"),
+        "{}",
+        server.log()
+    );
+    for c in (0..500).step_by(step) {
+        for i in 0..20 {
+            server
+                .get(&format!("key-{c}-{i}"))
+                .assert(200, &format!("value {c} {i}"));
+        }
+    }
 }
