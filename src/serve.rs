@@ -94,7 +94,8 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     writer.stop();
     served?;
 
-    store.freeze();
+    // The writer has stopped, and it is the store's only writer: what the
+    // view holds now is final.
     let started = Instant::now();
     let view = store.view();
     let saved = snapshot::write_atomic(&layout.snapshot(), view.sorted())?;

@@ -15,7 +15,11 @@
 //! that growing a table (which rehashes all of it) stalls one shard's keys
 //! for a fraction of a millisecond instead of every request for tens of
 //! milliseconds. (`dashmap` shards the same way, but hides the shard locks
-//! that `freeze` and `view` must take together.)
+//! that `clear` and `view` must take together.)
+//!
+//! Writes come only from the write-ahead log's writer thread (`wal`), which
+//! applies each one after logging it; that single writer is what keeps the
+//! map equal to the log, so this module needs no notion of shutdown.
 
 use std::borrow::Borrow;
 use std::collections::HashSet;
@@ -26,16 +30,9 @@ use rayon::iter::{
     IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, ParallelIterator,
 };
 use rayon::slice::ParallelSliceMut;
-use thiserror::Error;
 
 /// How many independently locked parts the map is split into.
 const SHARDS: usize = 64;
-
-/// Returned by writes once [`Store::freeze`] has been called: the final
-/// snapshot is being taken, and a write acknowledged now would be lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("the store is shutting down and no longer accepts writes")]
-pub struct Frozen;
 
 /// The key/value map, safe to share between threads.
 pub struct Store {
@@ -48,9 +45,6 @@ pub struct Store {
 #[derive(Default)]
 struct Shard {
     entries: HashSet<Entry>,
-    /// Set by `freeze`, under this shard's lock; makes every later write
-    /// fail instead of changing data that the final save may have read.
-    frozen: bool,
 }
 
 /// Ends the key inside an [`Entry`]. Valid keys never contain it.
@@ -126,7 +120,6 @@ impl Store {
                 .map(|_| {
                     RwLock::new(Shard {
                         entries: HashSet::with_capacity(per_shard),
-                        frozen: false,
                     })
                 })
                 .collect(),
@@ -146,29 +139,25 @@ impl Store {
     }
 
     /// Sets `key` to `value`, replacing any earlier value.
-    pub fn put(&self, key: &str, value: &str) -> Result<(), Frozen> {
+    pub fn put(&self, key: &str, value: &str) {
         // Build the entry before taking the lock: the copy of a large value
         // must not stall other requests. The old entry is freed after the
         // lock is released, for the same reason.
         let entry = Entry::new(key, value);
-        let old = self.write(key)?.entries.replace(entry);
+        let old = self.write(key).entries.replace(entry);
         drop(old);
-        Ok(())
     }
 
     /// Removes `key`; says whether it was there.
-    pub fn delete(&self, key: &str) -> Result<bool, Frozen> {
-        let old = self.write(key)?.entries.take(key);
-        Ok(old.is_some())
+    pub fn delete(&self, key: &str) -> bool {
+        let old = self.write(key).entries.take(key);
+        old.is_some()
     }
 
     /// Removes every pair. Takes every shard's lock first, so no reader
     /// sees a half-cleared store.
-    pub fn clear(&self) -> Result<(), Frozen> {
+    pub fn clear(&self) {
         let mut shards: Vec<_> = self.shards.iter().map(lock_write).collect();
-        if shards.iter().any(|s| s.frozen) {
-            return Err(Frozen);
-        }
         let old: Vec<_> = shards
             .iter_mut()
             .map(|s| std::mem::take(&mut s.entries))
@@ -176,7 +165,6 @@ impl Store {
         drop(shards);
         // Freeing a million entries takes a while; do it outside the locks.
         drop(old);
-        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -185,16 +173,6 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Refuses every later write. Called once the server has stopped
-    /// serving, right before the final save, so that a request still
-    /// running past the drain deadline cannot be acknowledged after the
-    /// save has read the data.
-    pub fn freeze(&self) {
-        for shard in self.shards.iter() {
-            lock_write(shard).frozen = true;
-        }
     }
 
     /// A sorted copy of every pair, taken one shard at a time so that reads
@@ -236,9 +214,8 @@ impl Store {
         lock_read(self.shard(key))
     }
 
-    fn write(&self, key: &str) -> Result<RwLockWriteGuard<'_, Shard>, Frozen> {
-        let shard = lock_write(self.shard(key));
-        if shard.frozen { Err(Frozen) } else { Ok(shard) }
+    fn write(&self, key: &str) -> RwLockWriteGuard<'_, Shard> {
+        lock_write(self.shard(key))
     }
 }
 
@@ -414,14 +391,14 @@ mod tests {
     fn put_get_delete_clear() {
         let store = Store::default();
         assert_eq!(store.get("a"), None);
-        store.put("a", "1").unwrap();
-        store.put("a", "2").unwrap();
+        store.put("a", "1");
+        store.put("a", "2");
         assert_eq!(store.get("a").as_deref(), Some("2"));
         assert_eq!(store.value_len("a"), Some(1));
-        assert_eq!(store.delete("a"), Ok(true));
-        assert_eq!(store.delete("a"), Ok(false));
-        store.put("b", "x").unwrap();
-        store.clear().unwrap();
+        assert!(store.delete("a"));
+        assert!(!store.delete("a"));
+        store.put("b", "x");
+        store.clear();
         assert!(store.is_empty());
     }
 
@@ -429,7 +406,7 @@ mod tests {
     fn iterates_in_byte_order_and_by_prefix() {
         let store = Store::default();
         for k in ["b", "a:2", "A", "a:1", "a", "a;"] {
-            store.put(k, k).unwrap();
+            store.put(k, k);
         }
         let keys: Vec<_> = pairs(&store).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["A", "a", "a:1", "a:2", "a;", "b"]);
@@ -461,11 +438,11 @@ mod tests {
     fn clear_and_len_span_every_shard() {
         let store = Store::default();
         for i in 0..1000 {
-            store.put(&format!("k{i}"), "v").unwrap();
+            store.put(&format!("k{i}"), "v");
         }
         assert_eq!(store.len(), 1000);
         assert_eq!(store.view().sorted().len(), 1000);
-        store.clear().unwrap();
+        store.clear();
         assert!(store.is_empty());
     }
 
@@ -514,16 +491,5 @@ mod tests {
         assert_eq!(store.get("a"), None);
         assert_eq!(store.get("b").as_deref(), Some("1"));
         assert_eq!(store.len(), 1);
-    }
-
-    #[test]
-    fn frozen_store_refuses_writes_but_serves_reads() {
-        let store = Store::default();
-        store.put("a", "1").unwrap();
-        store.freeze();
-        assert_eq!(store.put("b", "1"), Err(Frozen));
-        assert_eq!(store.delete("a"), Err(Frozen));
-        assert_eq!(store.clear(), Err(Frozen));
-        assert_eq!(store.get("a").as_deref(), Some("1"));
     }
 }

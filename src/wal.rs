@@ -100,13 +100,13 @@ pub enum Op<'a> {
 impl Op<'_> {
     /// Applies the change to `store`.
     pub fn apply(&self, store: &Store) {
-        // The writer is the only caller on a live store and never freezes
-        // it, so these cannot fail.
-        let _ = match self {
+        match self {
             Op::Set { key, value } => store.put(key, value),
-            Op::Delete { key } => store.delete(key).map(drop),
+            Op::Delete { key } => {
+                store.delete(key);
+            }
             Op::Clear => store.clear(),
-        };
+        }
     }
 
     /// Records the change in `builder`, as it would change a store.
