@@ -35,7 +35,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
         }
         'kvs;serve' {
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'TCP port to listen on (0 picks a free port, shown in the log)')
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Address to listen on; 0.0.0.0 exposes the server to the network')
             [CompletionResult]::new('--shutdown-timeout', '--shutdown-timeout', [CompletionResultType]::ParameterName, 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)')
             [CompletionResult]::new('--max-value-bytes', '--max-value-bytes', [CompletionResultType]::ParameterName, 'Largest value accepted by PUT, in bytes; larger ones get 413')
@@ -48,7 +48,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;get' {
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
@@ -56,7 +56,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;dump' {
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format [default: table on a terminal, jsonl otherwise]')
             [CompletionResult]::new('--prefix', '--prefix', [CompletionResultType]::ParameterName, 'Only pairs whose key starts with this prefix')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
@@ -66,7 +66,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;restore' {
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
             [CompletionResult]::new('--max-value-bytes', '--max-value-bytes', [CompletionResultType]::ParameterName, 'Largest value accepted, in bytes, as for `kvs serve`')
             [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replace a store that already holds data')
             [CompletionResult]::new('--merge', '--merge', [CompletionResultType]::ParameterName, 'Add the input to the existing pairs; input lines win over existing keys')

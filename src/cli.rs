@@ -211,7 +211,8 @@ pub struct CompletionsArgs {
 /// default and help never drift apart.
 #[derive(Debug, Args)]
 pub struct WorkingDir {
-    /// Directory holding the data file (snapshot.jsonl) and LOCK
+    /// Directory holding the data file (snapshot.jsonl), the write-ahead log
+    /// (wal.jsonl) and LOCK
     #[arg(
         long = "working-dir",
         default_value = DEFAULT_WORKING_DIR,
