@@ -72,7 +72,10 @@ pub async fn run(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BUFFER);
+        .max_buf_size(MAX_HEADER_BUFFER)
+        // max_buf_size alone is a soft bound (the buffer may grow past it
+        // before the check); this makes 64 KiB the limit on the head itself.
+        .max_header_size(MAX_HEADER_BUFFER);
     let graceful = GracefulShutdown::new();
 
     let mut shutdown = std::pin::pin!(shutdown);

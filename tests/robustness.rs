@@ -179,3 +179,15 @@ fn ten_thousand_concurrent_connections() {
     probe.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
 }
+
+#[test]
+fn a_request_head_over_64_kib_gets_431() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path(), &[]);
+    let raw = format!(
+        "GET /kv/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    assert_eq!(status_of(&server, raw.as_bytes()), Some(431));
+    assert_still_healthy(&server);
+}
