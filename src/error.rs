@@ -33,7 +33,7 @@ pub enum Error {
     })]
     Save(#[from] WriteError),
     #[error("{0}")]
-    Checkpoint(crate::wal::CheckpointError),
+    RemoveLog(crate::wal::CheckpointError),
     #[error("{} kept changing while being read (a server is checkpointing); try again", dir.display())]
     Busy { dir: PathBuf },
     #[error("cannot listen on {addr}: {error}; choose another --port or --bind")]
@@ -70,6 +70,17 @@ pub enum Error {
         #[source]
         error: io::Error,
     },
+}
+
+impl From<crate::wal::CheckpointError> for Error {
+    fn from(e: crate::wal::CheckpointError) -> Error {
+        match e {
+            // A failed data-file write keeps its own wording ("the previous
+            // data file was left intact").
+            crate::wal::CheckpointError::Save(e) => Error::Save(e),
+            other => Error::RemoveLog(other),
+        }
+    }
 }
 
 /// What to do about a file that could not be read: for a bad line, `fix`;

@@ -69,14 +69,12 @@ pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
 /// again rather than kept from before: this is rare, and holding it would
 /// double what every restore keeps in memory.
 fn fold_logs(layout: &Layout) -> Result<(), Error> {
-    let logs = [layout.wal_prev(), layout.wal()];
-    if !logs.iter().any(|log| log.exists()) {
+    if !(layout.wal_prev().exists() || layout.wal().exists()) {
         return Ok(());
     }
     let current = offline::load_sorted(layout, "")?;
-    snapshot::write_atomic(&layout.snapshot(), current.iter())?;
-    fault::crash_point("restore:after-fold");
-    wal::remove_logs(&logs).map_err(Error::Checkpoint)
+    wal::fold_into_data_file(layout, current.iter())?;
+    Ok(())
 }
 
 /// Where the pairs come from.

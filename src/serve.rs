@@ -19,9 +19,9 @@ use crate::datadir::{Layout, Locked};
 use crate::error::Error;
 use crate::server::{self, Config};
 use crate::shutdown::Signals;
+use crate::snapshot;
 use crate::store::{self, Store};
 use crate::wal::{self, TornTail, Writer};
-use crate::{fault, snapshot};
 
 pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     info!(
@@ -97,12 +97,7 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     // The writer has stopped, and it is the store's only writer: what the
     // view holds now is final.
     let started = Instant::now();
-    let view = store.view();
-    let saved = snapshot::write_atomic(&layout.snapshot(), view.sorted())?;
-    fault::crash_point("save:after-snapshot");
-    // The data file now holds every logged write; replaying the logs over
-    // it would change nothing, so a crash before this removal is harmless.
-    wal::remove_logs(&[layout.wal_prev(), layout.wal()]).map_err(Error::Checkpoint)?;
+    let saved = wal::fold_into_data_file(&layout, store.view().sorted())?;
     info!(
         "saved {} keys ({} bytes) to {} in {} ms",
         saved.records,
@@ -133,10 +128,7 @@ fn recover(layout: &Layout) -> Result<Store, Error> {
     );
     if layout.wal_prev().exists() {
         info!("completing a checkpoint interrupted by a crash");
-        let view = store.view();
-        snapshot::write_atomic(&layout.snapshot(), view.sorted())?;
-        drop(view);
-        wal::remove_logs(&[layout.wal_prev(), layout.wal()]).map_err(Error::Checkpoint)?;
+        wal::fold_into_data_file(layout, store.view().sorted())?;
     }
     Ok(store)
 }

@@ -654,8 +654,24 @@ fn checkpoint(layout: &Layout, store: &Store) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// Makes `pairs`, the whole current state (every logged write included),
+/// the data file, then removes both logs. A crash between the two steps is
+/// harmless: replaying the logs over a state that contains them changes
+/// nothing (see the module docs). Used by the shutdown save, by a start
+/// that finds an interrupted checkpoint, and by `kvs restore` before it
+/// replaces the data.
+pub fn fold_into_data_file<'a>(
+    layout: &Layout,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<snapshot::WriteSummary, CheckpointError> {
+    let saved = snapshot::write_atomic(&layout.snapshot(), pairs)?;
+    fault::crash_point("fold:after-data-file");
+    remove_logs(&[layout.wal_prev(), layout.wal()])?;
+    Ok(saved)
+}
+
 /// Removes logs whose records the data file now holds, durably.
-pub fn remove_logs(logs: &[PathBuf]) -> Result<(), CheckpointError> {
+fn remove_logs(logs: &[PathBuf]) -> Result<(), CheckpointError> {
     let mut removed_any = None;
     for log in logs {
         match std::fs::remove_file(log) {

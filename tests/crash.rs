@@ -331,7 +331,7 @@ fn a_crash_at_each_step_of_a_checkpoint_loses_and_resurrects_nothing() {
 
 #[test]
 fn a_crash_at_each_step_of_the_shutdown_save_loses_nothing() {
-    for point in ["snapshot:before-rename", "save:after-snapshot"] {
+    for point in ["snapshot:before-rename", "fold:after-data-file"] {
         let dir = temp_dir();
         let server = Server::start(dir.path(), &[]);
         server.put("kept", "1").assert(200, "");
@@ -369,7 +369,7 @@ fn a_crash_at_each_step_of_restore_leaves_the_old_or_the_new_data() {
     let new = [line("gone", "restored"), line("z", "new")].concat();
     for (point, expect_new) in [
         ("snapshot:before-rename", false), // while folding the log in
-        ("restore:after-fold", false),
+        ("fold:after-data-file", false),
         ("snapshot:before-rename#2", false), // while writing the new data
         ("restore:after-write", true),
     ] {
