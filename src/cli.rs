@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::validate::DEFAULT_MAX_VALUE_BYTES;
-use crate::wal::FsyncPolicy;
+use crate::storage::validate::DEFAULT_MAX_VALUE_BYTES;
+use crate::storage::wal::FsyncPolicy;
 
 /// Where every subcommand looks for the data unless told otherwise.
 pub const DEFAULT_WORKING_DIR: &str = "data";

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use thiserror::Error;
 
-use crate::datadir::DataDirError;
-use crate::snapshot::{ReadError, WriteError};
+use crate::storage::datadir::DataDirError;
+use crate::storage::snapshot::{ReadError, WriteError};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -33,7 +33,7 @@ pub enum Error {
     })]
     Save(#[from] WriteError),
     #[error("{0}")]
-    RemoveLog(crate::wal::CheckpointError),
+    RemoveLog(crate::storage::wal::CheckpointError),
     #[error("{} kept changing while being read (a server is checkpointing); try again", dir.display())]
     Busy { dir: PathBuf },
     #[error("cannot listen on {addr}: {error}; choose another --port or --bind")]
@@ -55,7 +55,7 @@ pub enum Error {
     #[error("invalid key {key:?}: {reason}; keys are 1 to 1024 bytes of A-Z a-z 0-9 : _ . -")]
     InvalidKey {
         key: String,
-        reason: crate::validate::KeyError,
+        reason: crate::storage::validate::KeyError,
     },
     #[error(
         "{} already holds {keys} keys; pass --force to replace them or --merge to add the input to them",
@@ -72,12 +72,12 @@ pub enum Error {
     },
 }
 
-impl From<crate::wal::CheckpointError> for Error {
-    fn from(e: crate::wal::CheckpointError) -> Error {
+impl From<crate::storage::wal::CheckpointError> for Error {
+    fn from(e: crate::storage::wal::CheckpointError) -> Error {
         match e {
             // A failed data-file write keeps its own wording ("the previous
             // data file was left intact").
-            crate::wal::CheckpointError::Save(e) => Error::Save(e),
+            crate::storage::wal::CheckpointError::Save(e) => Error::Save(e),
             other => Error::RemoveLog(other),
         }
     }

@@ -5,21 +5,16 @@
 //! library only so that tests can reach what the binary is built from (the
 //! clap definition that completions and man pages are generated from); it
 //! is not a stable API.
+//!
+//! The folders are the layers, and imports only point down them:
+//! `commands` (one module per subcommand) use `http` (the API and its
+//! server) and `storage` (the in-memory map, the data-file format, the
+//! write-ahead log and the directory's layout); `storage` uses nothing
+//! above it.
 
 pub mod cli;
-pub mod completions;
-pub mod datadir;
-pub mod dump;
+pub mod commands;
 pub mod error;
-pub mod fault;
-pub mod get;
-pub mod offline;
-pub mod restore;
-pub mod routes;
-pub mod serve;
-pub mod server;
+pub mod http;
 pub mod shutdown;
-pub mod snapshot;
-pub mod store;
-pub mod validate;
-pub mod wal;
+pub mod storage;

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use kvs::cli::{Cli, Command};
+use kvs::commands::{completions, dump, get, restore, serve};
 use kvs::error::{self, Error, Outcome};
-use kvs::{completions, dump, get, restore, serve, shutdown};
+use kvs::shutdown;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -16,10 +16,10 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 fn committed_completions_and_man_pages_match_the_binary() {
     let repo = Path::new(REPO);
     if std::env::var_os("KVS_REGENERATE").is_some() {
-        kvs::completions::write_all(repo).unwrap();
+        kvs::commands::completions::write_all(repo).unwrap();
     }
     let generated = tempfile::tempdir().unwrap();
-    kvs::completions::write_all(generated.path()).unwrap();
+    kvs::commands::completions::write_all(generated.path()).unwrap();
 
     let mut compared = 0;
     for folder in ["completions", "man"] {

@@ -57,10 +57,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use crate::datadir::Layout;
-use crate::snapshot::{self, ReadError};
-use crate::store::Store;
-use crate::{fault, validate};
+use crate::storage::datadir::Layout;
+use crate::storage::snapshot::{self, ReadError};
+use crate::storage::store::Store;
+use crate::storage::{fault, validate};
 
 /// When the writer makes appended records durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,7 +110,7 @@ impl Op<'_> {
     }
 
     /// Records the change in `builder`, as it would change a store.
-    pub fn apply_to_builder(&self, builder: &mut crate::store::Builder) {
+    pub fn apply_to_builder(&self, builder: &mut crate::storage::store::Builder) {
         match self {
             Op::Set { key, value } => builder.push(key, value),
             Op::Delete { key } => builder.delete(key),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::snapshot;
+use crate::storage::snapshot;
 
 /// The data file.
 const SNAPSHOT: &str = "snapshot.jsonl";

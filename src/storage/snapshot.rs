@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::validate;
+use crate::storage::validate;
 
 /// What a line is written as. Field order is the format's field order.
 #[derive(Serialize)]
@@ -287,7 +287,7 @@ fn write_then_rename<'a>(
         .map_err(|e| fail("writing the temp file")(e.into_error()))?;
     file.sync_all().map_err(fail("syncing the temp file"))?;
     drop(file);
-    crate::fault::crash_point("snapshot:before-rename");
+    crate::storage::fault::crash_point("snapshot:before-rename");
     std::fs::rename(tmp, target).map_err(fail("renaming the temp file"))?;
     sync_dir(target).map_err(fail(SYNC_DIR_STEP))?;
     Ok(summary)

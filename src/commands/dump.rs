@@ -9,9 +9,10 @@ use std::io::{BufWriter, IsTerminal, Write};
 use comfy_table::{ContentArrangement, Table, presets};
 
 use crate::cli::{DumpArgs, DumpFormat};
+use crate::commands::offline;
 use crate::error::{Error, Outcome};
-use crate::store::Sorted;
-use crate::{offline, snapshot};
+use crate::storage::snapshot;
+use crate::storage::store::Sorted;
 
 /// Table width when it cannot be read from the terminal.
 const DEFAULT_WIDTH: usize = 100;

@@ -8,10 +8,11 @@
 use std::io::{IsTerminal, Write};
 
 use crate::cli::GetArgs;
+use crate::commands::offline;
+use crate::commands::offline::Replay;
 use crate::error::{Error, Outcome};
-use crate::offline::Replay;
-use crate::wal::Op;
-use crate::{offline, validate};
+use crate::storage::validate;
+use crate::storage::wal::Op;
 
 pub fn run(args: GetArgs) -> Result<Outcome, Error> {
     validate::key(&args.key).map_err(|reason| Error::InvalidKey {

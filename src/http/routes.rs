@@ -20,9 +20,9 @@ use warp::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
-use crate::store::Store;
-use crate::validate::{self, ValueError};
-use crate::wal::{Op, Wal, WriteError};
+use crate::storage::store::Store;
+use crate::storage::validate::{self, ValueError};
+use crate::storage::wal::{Op, Wal, WriteError};
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const KV_METHODS: &str = "GET, HEAD, PUT, DELETE";

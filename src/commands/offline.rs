@@ -9,11 +9,11 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::datadir::{Layout, ReadOnly};
 use crate::error::Error;
-use crate::snapshot;
-use crate::store::{Builder, Sorted};
-use crate::wal::{self, Op, TornTail};
+use crate::storage::datadir::{Layout, ReadOnly};
+use crate::storage::snapshot;
+use crate::storage::store::{Builder, Sorted};
+use crate::storage::wal::{self, Op, TornTail};
 
 /// How often a read is retried when a checkpoint moves files under it.
 const ATTEMPTS: usize = 5;

@@ -21,9 +21,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::routes;
-use crate::store::Store;
-use crate::wal::Wal;
+use crate::http::routes;
+use crate::storage::store::Store;
+use crate::storage::wal::Wal;
 
 /// How long a client may take to send a request's headers. Bounds what a
 /// slow or silent client can hold; bodies are bounded by the value limit.

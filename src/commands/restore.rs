@@ -13,10 +13,11 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::RestoreArgs;
-use crate::datadir::{Layout, Locked};
+use crate::commands::offline;
 use crate::error::{Error, Outcome};
-use crate::store::Builder;
-use crate::{fault, offline, snapshot, wal};
+use crate::storage::datadir::{Layout, Locked};
+use crate::storage::store::Builder;
+use crate::storage::{fault, snapshot, wal};
 
 /// Inputs at least this large get a progress bar (on a terminal).
 const PROGRESS_FROM_BYTES: u64 = 16 << 20;

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::cli::ServeArgs;
-use crate::datadir::{Layout, Locked};
 use crate::error::Error;
-use crate::server::{self, Config};
+use crate::http::server::{self, Config};
 use crate::shutdown::Signals;
-use crate::snapshot;
-use crate::store::{self, Store};
-use crate::wal::{self, TornTail, Writer};
+use crate::storage::datadir::{Layout, Locked};
+use crate::storage::snapshot;
+use crate::storage::store::{self, Store};
+use crate::storage::wal::{self, TornTail, Writer};
 
 pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     info!(

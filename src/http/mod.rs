@@ -1,0 +1,6 @@
+//! The HTTP side of `kvs serve`: `server` accepts connections and drains
+//! them at shutdown, `routes` answers each request as the SPEC's API says.
+//! Nothing here touches a file or blocks a worker thread.
+
+pub mod routes;
+pub mod server;
