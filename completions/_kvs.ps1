@@ -34,13 +34,16 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;serve' {
-            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'TCP port to listen on (0 picks a free port, shown in the log)')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'TCP port to listen on (0 picks a free port, shown in the log) [default: 8001, or the port of --addr when that is given]')
             [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
-            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Address to listen on; 0.0.0.0 exposes the server to the network')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Address to listen on; 0.0.0.0 exposes the server to the network [default: 127.0.0.1, or the host of --addr when that is given]')
             [CompletionResult]::new('--shutdown-timeout', '--shutdown-timeout', [CompletionResultType]::ParameterName, 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)')
             [CompletionResult]::new('--max-value-bytes', '--max-value-bytes', [CompletionResultType]::ParameterName, 'Largest value accepted by PUT, in bytes; larger ones get 413')
-            [CompletionResult]::new('--fsync', '--fsync', [CompletionResultType]::ParameterName, 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss')
+            [CompletionResult]::new('--fsync', '--fsync', [CompletionResultType]::ParameterName, 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss (single-node mode; a cluster member always fsyncs)')
             [CompletionResult]::new('--wal-max-bytes', '--wal-max-bytes', [CompletionResultType]::ParameterName, 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes')
+            [CompletionResult]::new('--peers', '--peers', [CompletionResultType]::ParameterName, 'The cluster''s members, comma-separated HOST:PORT or :PORT (meaning 127.0.0.1:PORT); listing this member too is allowed. Empty or unset: a single node')
+            [CompletionResult]::new('--addr', '--addr', [CompletionResultType]::ParameterName, 'This member''s address and ID in the cluster, HOST:PORT, as the other members reach it [default: BIND:PORT]')
+            [CompletionResult]::new('--commit-timeout', '--commit-timeout', [CompletionResultType]::ParameterName, 'How long a cluster write may wait to be committed on a majority (and a read to have leadership confirmed) before it is answered 503')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')

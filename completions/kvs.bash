@@ -251,7 +251,7 @@ _kvs() {
             return 0
             ;;
         kvs__subcmd__serve)
-            opts="-h -V --port --working-dir --bind --shutdown-timeout --max-value-bytes --fsync --wal-max-bytes --help --version"
+            opts="-h -V --port --working-dir --bind --shutdown-timeout --max-value-bytes --fsync --wal-max-bytes --peers --addr --commit-timeout --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -282,6 +282,18 @@ _kvs() {
                     return 0
                     ;;
                 --wal-max-bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --peers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --commit-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -32,14 +32,17 @@ complete -c kvs -n "__fish_kvs_needs_command" -f -a "dump" -d 'Print every pair,
 complete -c kvs -n "__fish_kvs_needs_command" -f -a "restore" -d 'Replace (or with --merge, update) the data file from JSON Lines'
 complete -c kvs -n "__fish_kvs_needs_command" -f -a "completions" -d 'Print a shell completion script to standard output'
 complete -c kvs -n "__fish_kvs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c kvs -n "__fish_kvs_using_subcommand serve" -l port -d 'TCP port to listen on (0 picks a free port, shown in the log)' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l port -d 'TCP port to listen on (0 picks a free port, shown in the log) [default: 8001, or the port of --addr when that is given]' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK' -r -F
-complete -c kvs -n "__fish_kvs_using_subcommand serve" -l bind -d 'Address to listen on; 0.0.0.0 exposes the server to the network' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l bind -d 'Address to listen on; 0.0.0.0 exposes the server to the network [default: 127.0.0.1, or the host of --addr when that is given]' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l shutdown-timeout -d 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l max-value-bytes -d 'Largest value accepted by PUT, in bytes; larger ones get 413' -r
-complete -c kvs -n "__fish_kvs_using_subcommand serve" -l fsync -d 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss' -r -f -a "always\t'Before acknowledging each write (group commit shares one fsync between all writes waiting at the time)'
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l fsync -d 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss (single-node mode; a cluster member always fsyncs)' -r -f -a "always\t'Before acknowledging each write (group commit shares one fsync between all writes waiting at the time)'
 periodic\t'At least once a second: survives a crash of the process, may lose up to a second of writes on power loss'"
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l wal-max-bytes -d 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l peers -d 'The cluster\'s members, comma-separated HOST:PORT or :PORT (meaning 127.0.0.1:PORT); listing this member too is allowed. Empty or unset: a single node' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l addr -d 'This member\'s address and ID in the cluster, HOST:PORT, as the other members reach it [default: BIND:PORT]' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l commit-timeout -d 'How long a cluster write may wait to be committed on a majority (and a read to have leadership confirmed) before it is answered 503' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c kvs -n "__fish_kvs_using_subcommand get" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK' -r -F

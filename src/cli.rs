@@ -13,6 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::storage::validate::DEFAULT_MAX_VALUE_BYTES;
 use crate::storage::wal::FsyncPolicy;
 
+/// The port `kvs serve` listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8001;
+
 /// Where every subcommand looks for the data unless told otherwise.
 pub const DEFAULT_WORKING_DIR: &str = "data";
 
@@ -46,6 +49,14 @@ Examples:
   kvs serve --port 8001 --working-dir data
   curl -X PUT --data-binary 'hello' http://127.0.0.1:8001/kv/greeting
   curl http://127.0.0.1:8001/kv/greeting
+  kvs serve --port 8001 --working-dir n1 --peers=:8001,:8002,:8003
+  ADDR=10.0.42.101:8080 PEERS=10.0.42.102:8080,10.0.42.103:8080 kvs serve
+
+With --peers (or PEERS), the server is one member of a static cluster \
+that replicates every write through Raft: writes go to the leader (other \
+members answer 307 with its address) and are answered once a majority \
+has them on disk; reads on the leader are linearizable. See GET \
+/cluster/info. Without peers:
 
 Every write is appended to DIR/wal.jsonl (and, with --fsync always, \
 fsynced) before it is acknowledged, so a crash, SIGKILL or power loss \
@@ -58,15 +69,17 @@ exits 2 if the save fails, leaving the previous data file and the log \
 intact.")]
 pub struct ServeArgs {
     /// TCP port to listen on (0 picks a free port, shown in the log)
-    #[arg(long, default_value_t = 8001, value_name = "PORT")]
-    pub port: u16,
+    /// [default: 8001, or the port of --addr when that is given]
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
 
     #[command(flatten)]
     pub dir: WorkingDir,
 
     /// Address to listen on; 0.0.0.0 exposes the server to the network
-    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
-    pub bind: IpAddr,
+    /// [default: 127.0.0.1, or the host of --addr when that is given]
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
 
     /// How long shutdown waits for requests in flight before saving anyway
     /// (e.g. 15s, 500ms, 1m)
@@ -81,7 +94,8 @@ pub struct ServeArgs {
     /// acknowledgement (concurrent writes share one fsync), so nothing
     /// acknowledged is lost even on power loss; `periodic` fsyncs at least
     /// once a second, surviving a crash of the process but losing up to a
-    /// second of writes on power loss
+    /// second of writes on power loss (single-node mode; a cluster member
+    /// always fsyncs)
     #[arg(long, value_enum, default_value = "always", value_name = "POLICY")]
     pub fsync: FsyncPolicy,
 
@@ -89,6 +103,22 @@ pub struct ServeArgs {
     /// grows past this many bytes
     #[arg(long, default_value_t = DEFAULT_WAL_MAX_BYTES, value_name = "BYTES")]
     pub wal_max_bytes: u64,
+
+    /// The cluster's members, comma-separated HOST:PORT or :PORT (meaning
+    /// 127.0.0.1:PORT); listing this member too is allowed. Empty or unset:
+    /// a single node
+    #[arg(long, env = "PEERS", value_name = "LIST")]
+    pub peers: Option<String>,
+
+    /// This member's address and ID in the cluster, HOST:PORT, as the other
+    /// members reach it [default: BIND:PORT]
+    #[arg(long, env = "ADDR", value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+
+    /// How long a cluster write may wait to be committed on a majority (and
+    /// a read to have leadership confirmed) before it is answered 503
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub commit_timeout: Duration,
 }
 
 /// 64 MiB: replays in well under a second at start.
@@ -215,6 +245,7 @@ pub struct WorkingDir {
     /// (wal.jsonl) and LOCK
     #[arg(
         long = "working-dir",
+        env = "DATA_DIR",
         default_value = DEFAULT_WORKING_DIR,
         value_name = "DIR"
     )]
@@ -253,7 +284,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(args.port, 8001);
+        assert_eq!(args.port, Some(8001));
         assert_eq!(args.dir.path, PathBuf::from(".lsfr/run-1"));
         assert_eq!(args.shutdown_timeout, Duration::from_millis(500));
     }

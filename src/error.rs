@@ -48,6 +48,27 @@ pub enum Error {
         #[source]
         error: io::Error,
     },
+    #[error(transparent)]
+    Members(#[from] crate::cluster::members::MembersError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(
+        "cannot resolve --addr {addr} to an address to listen on; give --bind and --port, or an address that resolves"
+    )]
+    Resolve { addr: String },
+    #[error("{} holds {holds}; {fix}", dir.display())]
+    ModeMismatch {
+        dir: PathBuf,
+        holds: &'static str,
+        fix: &'static str,
+    },
+    #[error("{0}")]
+    Cluster(crate::cluster::log_store::LogStoreError),
+    #[error(
+        "{} is a cluster member's directory; a member's data can only change through the cluster's leader. To seed a cluster, start it empty and PUT the pairs through the leader (see \"Running a cluster\" in the README)",
+        dir.display()
+    )]
+    RestoreCluster { dir: PathBuf },
     #[error("cannot install the signal handler: {0}")]
     Signals(#[from] ctrlc::Error),
     #[error("cannot write to standard output: {0}")]

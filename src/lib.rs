@@ -13,6 +13,7 @@
 //! above it.
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod error;
 pub mod http;

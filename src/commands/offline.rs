@@ -49,6 +49,9 @@ pub trait Replay {
 /// during the read (the files' identities changed), the read is redone, so
 /// the result is always the data file and logs of one moment.
 pub fn read_all(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
+    if layout.is_cluster_member() {
+        return read_member(layout, into);
+    }
     for _ in 0..ATTEMPTS {
         let before = identities(layout);
         into.restart();
@@ -64,6 +67,29 @@ pub fn read_all(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
     Err(Error::Busy {
         dir: layout.root().to_owned(),
     })
+}
+
+/// A cluster member's committed state: its snapshot, then the committed
+/// entries of its Raft log. The log only grows while a member runs (its
+/// snapshot is replaced only by compaction), so one read suffices.
+fn read_member(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
+    into.restart();
+    let mut pairs = Vec::new();
+    let mut ops = Vec::new();
+    // The log store reads both files; collect, then replay in order.
+    crate::cluster::log_store::read_committed(
+        layout,
+        |key, value| pairs.push((key.to_owned(), value.to_owned())),
+        |op| ops.push(op.into_owned()),
+    )
+    .map_err(Error::Cluster)?;
+    for (key, value) in &pairs {
+        into.pair(key, value);
+    }
+    for op in ops {
+        into.op(op);
+    }
+    Ok(())
 }
 
 /// Which files (by inode) make up the data right now.

@@ -23,6 +23,12 @@ use crate::storage::{fault, snapshot, wal};
 const PROGRESS_FROM_BYTES: u64 = 16 << 20;
 
 pub fn run(args: RestoreArgs) -> Result<Outcome, Error> {
+    // Checked before the lock is taken, so the refusal changes nothing.
+    if crate::storage::datadir::Layout::new(&args.dir.path).is_cluster_member() {
+        return Err(Error::RestoreCluster {
+            dir: args.dir.path.clone(),
+        });
+    }
     let dir = Locked::open(&args.dir.path)?;
     let layout = dir.layout();
 

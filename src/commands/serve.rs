@@ -1,4 +1,5 @@
-//! `kvs serve`: start, recover, serve, drain, save, exit.
+//! `kvs serve`: start, recover, serve, drain, save, exit; as a single node
+//! or as a cluster member.
 //!
 //! Owns the order of a server's life (SPEC §3 and the log protocol in
 //! `wal`): lock the directory, load the data file and replay the logs,
@@ -8,14 +9,20 @@
 //! `routes`); and the save runs on this thread after the runtime has
 //! stopped serving, never on a tokio worker.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::cli::ServeArgs;
+use crate::cli::{DEFAULT_PORT, ServeArgs};
+use crate::cluster::log_store::LogStore;
+use crate::cluster::members::{self, Members};
+use crate::cluster::node::{Node, Start};
+use crate::cluster::partition::Partition;
+use crate::cluster::state_machine;
 use crate::error::Error;
+use crate::http::routes::Backend;
 use crate::http::server::{self, Config};
 use crate::shutdown::Signals;
 use crate::storage::datadir::{Layout, Locked};
@@ -24,20 +31,42 @@ use crate::storage::store::{self, Store};
 use crate::storage::wal::{self, TornTail, Writer};
 
 pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
+    let addr = listen_addr(&args)?;
+    let members = cluster_members(&args, addr)?;
     info!(
         "kvs {} starting (pid {}), working directory {}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         args.dir.path.display()
     );
+    // Before the lock is taken, so a refused start changes nothing at all.
+    check_mode(&Layout::new(&args.dir.path), members.is_some())?;
     let dir = Locked::open(&args.dir.path)?;
     if dir.removed_stale_temp {
-        warn!("removed a temp file left by an interrupted save; the data file itself was complete");
+        warn!(
+            "removed a temp file left by an interrupted save; the file it was replacing was complete"
+        );
     }
     raise_open_files_limit();
-    let layout = dir.layout().clone();
+    let config = Config {
+        max_value_bytes: args.max_value_bytes,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    match members {
+        None => run_single(&args, dir.layout(), addr, &config, signals),
+        Some(members) => run_member(&args, dir.layout(), members, addr, &config, signals),
+    }
+}
 
-    let store = Arc::new(recover(&layout)?);
+/// A single node: the write-ahead log and the data file.
+fn run_single(
+    args: &ServeArgs,
+    layout: &Layout,
+    addr: SocketAddr,
+    config: &Config,
+    signals: Signals,
+) -> Result<(), Error> {
+    let store = Arc::new(recover(layout)?);
     info!(
         "write-ahead log: {}, fsync {}, checkpoint every {} bytes",
         layout.wal().display(),
@@ -58,35 +87,16 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
                 error,
             }
         })?;
-    let wal = Arc::new(wal);
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| Error::Startup {
-            what: "starting the async runtime",
-            error,
-        })?;
-    let config = Config {
-        max_value_bytes: args.max_value_bytes,
-        shutdown_timeout: args.shutdown_timeout,
-    };
-    let addr = SocketAddr::new(args.bind, args.port);
-    let served = runtime.block_on(async {
-        let listener = listen(addr).map_err(|error| Error::Listen { addr, error })?;
-        let local = listener.local_addr().unwrap_or(addr);
-        info!("listening on {local}");
-        server::run(
-            listener,
-            Arc::clone(&store),
-            Arc::clone(&wal),
-            &config,
-            signals.nth(1),
-            signals.nth(2),
-        )
-        .await;
-        Ok::<_, Error>(())
-    });
+    let runtime = build_runtime()?;
+    let backend = Backend::Single(Arc::new(wal));
+    let served = serve(
+        &runtime,
+        addr,
+        Arc::clone(&store),
+        backend,
+        config,
+        &signals,
+    );
     // Connections that outlived the drain are dropped here, unanswered.
     runtime.shutdown_timeout(Duration::from_millis(100));
     // Writes already queued are logged and applied (they were not
@@ -97,7 +107,7 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     // The writer has stopped, and it is the store's only writer: what the
     // view holds now is final.
     let started = Instant::now();
-    let saved = wal::fold_into_data_file(&layout, store.view().sorted())?;
+    let saved = wal::fold_into_data_file(layout, store.view().sorted())?;
     info!(
         "saved {} keys ({} bytes) to {} in {} ms",
         saved.records,
@@ -106,6 +116,171 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
         started.elapsed().as_millis()
     );
     info!("exiting");
+    Ok(())
+}
+
+/// A cluster member: the Raft log, and the store as its state machine.
+fn run_member(
+    args: &ServeArgs,
+    layout: &Layout,
+    members: Members,
+    addr: SocketAddr,
+    config: &Config,
+    signals: Signals,
+) -> Result<(), Error> {
+    let members = Arc::new(members);
+    let numbers: Vec<String> = members
+        .nodes()
+        .map(|n| format!("{n}={}", members.id_of(n).unwrap_or("?")))
+        .collect();
+    info!(
+        "cluster member {} (node {}) of {} members: {}",
+        members.me(),
+        members.my_node(),
+        members.len(),
+        numbers.join(", ")
+    );
+    let log = LogStore::open(layout, Arc::clone(&members)).map_err(Error::Cluster)?;
+    let (store, applied) = state_machine::recover(layout, &log).map_err(Error::Load)?;
+    let store = Arc::new(store);
+    let partition = Arc::new(Partition::load(layout, &members).map_err(Error::Cluster)?);
+    let runtime = build_runtime()?;
+    let start = Start {
+        members,
+        partition,
+        log,
+        store: Arc::clone(&store),
+        applied,
+        commit_timeout: args.commit_timeout,
+    };
+    let (node, running) = Node::start(start, runtime.handle()).map_err(|error| Error::Startup {
+        what: "starting the Raft node",
+        error,
+    })?;
+    let served = serve(
+        &runtime,
+        addr,
+        store,
+        Backend::Cluster(node),
+        config,
+        &signals,
+    );
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    // Every entry and vote was synced as the loop handled it; stopping it
+    // only ends its last round.
+    running.stop();
+    served?;
+    info!("exiting");
+    Ok(())
+}
+
+fn build_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::Startup {
+            what: "starting the async runtime",
+            error,
+        })
+}
+
+/// Listens on `addr` and serves until the first signal, then drains.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    store: Arc<Store>,
+    backend: Backend,
+    config: &Config,
+    signals: &Signals,
+) -> Result<(), Error> {
+    runtime.block_on(async {
+        let listener = listen(addr).map_err(|error| Error::Listen { addr, error })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        info!("listening on {local}");
+        server::run(
+            listener,
+            store,
+            backend,
+            config,
+            signals.nth(1),
+            signals.nth(2),
+        )
+        .await;
+        Ok(())
+    })
+}
+
+/// Where to listen: `--bind` and `--port`, each falling back to the host
+/// and port of `--addr` (so a clstr node given only `ADDR` listens there),
+/// then to 127.0.0.1 and 8001.
+fn listen_addr(args: &ServeArgs) -> Result<SocketAddr, Error> {
+    let from_addr = match &args.addr {
+        None => None,
+        Some(addr) => {
+            let id = members::normalize(addr, "--addr")?;
+            let resolved = id
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut all| all.next())
+                .ok_or_else(|| Error::Resolve { addr: id.clone() })?;
+            Some(resolved)
+        }
+    };
+    let ip = args
+        .bind
+        .or(from_addr.map(|a| a.ip()))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let port = args
+        .port
+        .or(from_addr.map(|a| a.port()))
+        .unwrap_or(DEFAULT_PORT);
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The cluster this member belongs to, or `None` for a single node.
+fn cluster_members(args: &ServeArgs, addr: SocketAddr) -> Result<Option<Members>, Error> {
+    let peers = args
+        .peers
+        .as_deref()
+        .map(members::split_list)
+        .unwrap_or_default();
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let me = match &args.addr {
+        Some(addr) => members::normalize(addr, "--addr")?,
+        None => {
+            if addr.port() == 0 {
+                return Err(Error::Usage(
+                    "--port 0 cannot name a cluster member; give each member a fixed --port (or --addr)"
+                        .into(),
+                ));
+            }
+            let id = addr.to_string();
+            members::check_routable(&id)?;
+            id
+        }
+    };
+    Ok(Some(Members::new(&me, &peers)?))
+}
+
+/// Refuses to start a single node on a cluster member's directory, or a
+/// member on a single node's: each would misread the other's files.
+fn check_mode(layout: &Layout, cluster: bool) -> Result<(), Error> {
+    if cluster && layout.holds_single_node_data() {
+        return Err(Error::ModeMismatch {
+            dir: layout.root().to_owned(),
+            holds: "a single-node store (snapshot.jsonl or wal.jsonl, and no cluster.json)",
+            fix: "start it without --peers (and PEERS), or give this cluster member an empty --working-dir; nothing was changed",
+        });
+    }
+    if !cluster && layout.is_cluster_member() {
+        return Err(Error::ModeMismatch {
+            dir: layout.root().to_owned(),
+            holds: "a cluster member's data (cluster.json)",
+            fix: "start it with --peers (or PEERS) naming the same members, or choose another --working-dir; nothing was changed",
+        });
+    }
     Ok(())
 }
 

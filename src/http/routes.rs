@@ -8,6 +8,12 @@
 //! 411/413 carrying a sibling's 405, its own error texts), and the SPEC
 //! fixes those to the byte. This module must never touch files or block:
 //! it runs on tokio's worker threads.
+//!
+//! In cluster mode (SPEC §6) the same routes answer, with writes and reads
+//! going through the member's Raft node instead of the write-ahead log;
+//! this module knows of Raft only "not the leader" (307 or 503) and
+//! "outcome unknown" (503). It also serves `/cluster/*` and takes the
+//! members' `/raft/*` messages; in single-node mode those are 404.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -16,44 +22,70 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use warp::Filter;
-use warp::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use warp::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
+use crate::cluster::node::{Leadership, Node, ReceiveError, Refused};
+use crate::cluster::partition::PartitionFile;
 use crate::storage::store::Store;
 use crate::storage::validate::{self, ValueError};
 use crate::storage::wal::{Op, Wal, WriteError};
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+const APPLICATION_JSON: &str = "application/json";
+const POST_METHOD: &str = "POST";
+const INFO_METHODS: &str = "GET, HEAD";
+
+/// The largest body a member accepts on `/raft/*` or `/cluster/*`.
+const MAX_CLUSTER_BODY: u64 = 256 * 1024 * 1024;
+
+/// What writes (and, in a cluster, reads) go through.
+#[derive(Clone)]
+pub enum Backend {
+    /// A single node: writes are logged by the write-ahead log's writer,
+    /// reads come straight from the store.
+    Single(Arc<Wal>),
+    /// A cluster member: both go through its Raft node.
+    Cluster(Node),
+}
 const KV_METHODS: &str = "GET, HEAD, PUT, DELETE";
 const HEALTH_METHODS: &str = "GET, HEAD";
 const CLEAR_METHODS: &str = "DELETE";
 
 /// The whole API. Never rejects: every request gets a response from here.
 ///
-/// Reads are answered from `store`; writes go through `wal`, which answers
-/// once they are durable and applied.
+/// Reads are answered from `store`; writes go through `backend`, which
+/// answers once they are durable and applied.
 pub fn routes(
     store: Arc<Store>,
-    wal: Arc<Wal>,
+    backend: Backend,
     max_value_bytes: u64,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+    // The query string matters only to a redirect, which must keep it.
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::method()
         .and(warp::path::full())
+        .and(query)
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .then(
-            move |method: Method, path: warp::path::FullPath, content_length, body| {
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  content_length,
+                  body| {
                 let store = Arc::clone(&store);
-                let wal = Arc::clone(&wal);
+                let backend = backend.clone();
                 async move {
                     let request = Request {
                         method,
                         path: path.as_str(),
+                        query: &query,
                         content_length,
                         max_value_bytes,
                     };
-                    handle(&store, &wal, request, body).await
+                    handle(&store, &backend, request, body).await
                 }
             },
         )
@@ -68,6 +100,8 @@ struct Request<'a> {
     method: Method,
     /// The raw path, still percent-encoded.
     path: &'a str,
+    /// The raw query string, without `?`; empty when there is none.
+    query: &'a str,
     content_length: Option<u64>,
     max_value_bytes: u64,
 }
@@ -79,6 +113,11 @@ enum Route<'a> {
     Clear,
     /// `/kv/{key}`, with the key still percent-encoded.
     Kv(&'a str),
+    ClusterInfo,
+    ClusterPartition,
+    ClusterHeal,
+    /// `/raft/...`: messages between members.
+    Raft,
     Unknown,
 }
 
@@ -86,6 +125,13 @@ fn route(path: &str) -> Route<'_> {
     match path {
         "/health" => Route::Health,
         "/clear" => Route::Clear,
+        "/cluster/info" => Route::ClusterInfo,
+        "/cluster/partition" => Route::ClusterPartition,
+        "/cluster/heal" => Route::ClusterHeal,
+        "/raft/append-entries"
+        | "/raft/request-vote"
+        | "/raft/install-snapshot"
+        | "/raft/message" => Route::Raft,
         _ => match path.strip_prefix("/kv/") {
             Some(raw_key) => Route::Kv(raw_key),
             None => Route::Unknown,
@@ -95,22 +141,75 @@ fn route(path: &str) -> Route<'_> {
 
 async fn handle<B: Buf>(
     store: &Store,
-    wal: &Wal,
+    backend: &Backend,
     request: Request<'_>,
     body: impl Stream<Item = Result<B, warp::Error>>,
 ) -> Response {
     let method = &request.method;
-    match route(request.path) {
-        Route::Health => match *method {
+    let route = route(request.path);
+    let node = match backend {
+        Backend::Single(_) => None,
+        Backend::Cluster(node) => Some(node),
+    };
+    match (route, node) {
+        (Route::Health, _) => match *method {
             Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
             _ => method_not_allowed(HEALTH_METHODS),
         },
-        Route::Clear => match *method {
-            Method::DELETE => written(wal.submit(Op::Clear).await),
+        (Route::Unknown, _)
+        | (Route::ClusterInfo | Route::ClusterPartition | Route::ClusterHeal | Route::Raft, None) => {
+            text(StatusCode::NOT_FOUND, "not found\n")
+        }
+        (Route::ClusterInfo, Some(node)) => match *method {
+            Method::GET | Method::HEAD => json(StatusCode::OK, &node.info()),
+            _ => method_not_allowed(INFO_METHODS),
+        },
+        (Route::ClusterPartition | Route::ClusterHeal | Route::Raft, Some(_))
+            if method != Method::POST =>
+        {
+            method_not_allowed(POST_METHOD)
+        }
+        (Route::ClusterPartition, Some(node)) => {
+            let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
+                Ok(bytes) => bytes,
+                Err(response) => return response,
+            };
+            partition(node, &bytes).await
+        }
+        (Route::ClusterHeal, Some(node)) => {
+            let node = node.clone();
+            match tokio::task::spawn_blocking(move || node.heal()).await {
+                Ok(Ok(())) => text(StatusCode::OK, Bytes::new()),
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "heal failed\n"),
+            }
+        }
+        (Route::Raft, Some(node)) => {
+            let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
+                Ok(bytes) => bytes,
+                Err(response) => return response,
+            };
+            match node.receive(&bytes) {
+                Ok(()) => text(StatusCode::OK, Bytes::new()),
+                Err(e @ ReceiveError::Wire(_)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
+        (Route::Clear | Route::Kv(_), Some(node))
+            if matches!(node.leadership(), Leadership::Other(_)) =>
+        {
+            // Followers and candidates send every data request to the
+            // leader, as it is: the leader validates it.
+            let Leadership::Other(leader) = node.leadership() else {
+                unreachable!("matched just above")
+            };
+            refused(Refused::NotLeader(leader), &request, "")
+        }
+        (Route::Clear, _) => match *method {
+            Method::DELETE => write(backend, Op::Clear, &request).await,
             _ => method_not_allowed(CLEAR_METHODS),
         },
-        Route::Unknown => text(StatusCode::NOT_FOUND, "not found\n"),
-        Route::Kv(raw_key) => {
+        (Route::Kv(raw_key), _) => {
             // The SPEC's order: the key first, then the method, then the
             // value, so `POST /kv/` is a 400 and `POST /kv/k` a 405.
             let key = match decode_key(raw_key) {
@@ -118,23 +217,16 @@ async fn handle<B: Buf>(
                 Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             };
             match *method {
-                Method::GET => match store.get(&key) {
-                    Some(value) => text(StatusCode::OK, value),
-                    None => key_not_found(),
-                },
-                Method::HEAD => match store.value_len(&key) {
-                    Some(len) => {
-                        // What GET would say, without copying the value.
-                        let mut response = text(StatusCode::OK, Bytes::new());
-                        response
-                            .headers_mut()
-                            .insert(CONTENT_LENGTH, HeaderValue::from(len));
-                        response
+                Method::GET | Method::HEAD => {
+                    if let Some(node) = node
+                        && let Err(refusal) = node.read().await
+                    {
+                        return refused(refusal, &request, "read not confirmed");
                     }
-                    None => key_not_found(),
-                },
+                    read(store, &key, method == Method::HEAD)
+                }
                 Method::PUT => {
-                    let bytes = match read_value(&request, body).await {
+                    let bytes = match read_body(&request, request.max_value_bytes, body).await {
                         Ok(bytes) => bytes,
                         Err(response) => return response,
                     };
@@ -146,17 +238,98 @@ async fn handle<B: Buf>(
                         key: Cow::Owned(key.into_owned()),
                         value: Cow::Owned(value),
                     };
-                    written(wal.submit(op).await)
+                    write(backend, op, &request).await
                 }
                 Method::DELETE => {
                     let op = Op::Delete {
                         key: Cow::Owned(key.into_owned()),
                     };
-                    written(wal.submit(op).await)
+                    write(backend, op, &request).await
                 }
                 _ => method_not_allowed(KV_METHODS),
             }
         }
+    }
+}
+
+/// GET or HEAD of one key, from the store.
+fn read(store: &Store, key: &str, head: bool) -> Response {
+    if head {
+        return match store.value_len(key) {
+            Some(len) => {
+                // What GET would say, without copying the value.
+                let mut response = text(StatusCode::OK, Bytes::new());
+                response
+                    .headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(len));
+                response
+            }
+            None => key_not_found(),
+        };
+    }
+    match store.get(key) {
+        Some(value) => text(StatusCode::OK, value),
+        None => key_not_found(),
+    }
+}
+
+/// Makes a write durable through the backend and answers it.
+async fn write(backend: &Backend, op: Op<'static>, request: &Request<'_>) -> Response {
+    match backend {
+        Backend::Single(wal) => written(wal.submit(op).await),
+        Backend::Cluster(node) => match node.write(&op).await {
+            Ok(()) => text(StatusCode::OK, Bytes::new()),
+            Err(refusal) => refused(refusal, request, "write outcome unknown"),
+        },
+    }
+}
+
+/// The answer to a request the cluster did not carry out: a redirect to
+/// the leader (keeping path and query, so clients repeat the request
+/// there), or a 503 that says why. `unknown` heads the body when the
+/// outcome cannot be known.
+fn refused(refusal: Refused, request: &Request<'_>, unknown: &str) -> Response {
+    match refusal {
+        Refused::NotLeader(Some(leader)) => {
+            let mut location = format!("http://{leader}{}", request.path);
+            if !request.query.is_empty() {
+                location.push('?');
+                location.push_str(request.query);
+            }
+            let mut response = text(StatusCode::TEMPORARY_REDIRECT, Bytes::new());
+            match HeaderValue::try_from(location) {
+                Ok(location) => {
+                    response.headers_mut().insert(LOCATION, location);
+                    response
+                }
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no leader\n"),
+            }
+        }
+        Refused::NotLeader(None) => text(StatusCode::SERVICE_UNAVAILABLE, "no leader\n"),
+        Refused::Unknown(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{unknown}: {reason}\n"),
+        ),
+        Refused::ShuttingDown => text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n"),
+    }
+}
+
+/// `POST /cluster/partition` with `{"peers":[...]}`.
+async fn partition(node: &Node, body: &[u8]) -> Response {
+    let file: PartitionFile = match serde_json::from_slice(body) {
+        Ok(file) => file,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"peers\":[\"HOST:PORT\",...]}}: {e}\n"),
+            );
+        }
+    };
+    let node = node.clone();
+    match tokio::task::spawn_blocking(move || node.partition(&file.peers)).await {
+        Ok(Ok(())) => text(StatusCode::OK, Bytes::new()),
+        Ok(Err(e)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "partition failed\n"),
     }
 }
 
@@ -170,14 +343,14 @@ fn decode_key(raw: &str) -> Result<Cow<'_, str>, validate::KeyError> {
     Ok(key)
 }
 
-/// Reads a PUT body, refusing it as soon as it is known to be too large:
-/// from Content-Length before reading anything, or, for a chunked body,
-/// from the first chunk that crosses the limit.
-async fn read_value<B: Buf>(
+/// Reads a body, refusing it as soon as it is known to be larger than
+/// `max`: from Content-Length before reading anything, or, for a chunked
+/// body, from the first chunk that crosses the limit.
+async fn read_body<B: Buf>(
     request: &Request<'_>,
+    max: u64,
     body: impl Stream<Item = Result<B, warp::Error>>,
 ) -> Result<Bytes, Response> {
-    let max = request.max_value_bytes;
     if request.content_length.is_some_and(|n| n > max) {
         return Err(value_error(ValueError::TooLarge));
     }
@@ -234,6 +407,17 @@ fn method_not_allowed(allow: &'static str) -> Response {
     response
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// A JSON answer (`/cluster/info`).
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let mut bytes = serde_json::to_vec(body).expect("the answer always serializes");
+    bytes.push(b'\n');
+    let mut response = text(status, bytes);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(APPLICATION_JSON));
     response
 }
 

@@ -21,9 +21,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::http::routes;
+use crate::http::routes::{self, Backend};
 use crate::storage::store::Store;
-use crate::storage::wal::Wal;
 
 /// How long a client may take to send a request's headers. Bounds what a
 /// slow or silent client can hold; bodies are bounded by the value limit.
@@ -63,12 +62,12 @@ pub enum Drain {
 pub async fn run(
     listener: TcpListener,
     store: Arc<Store>,
-    wal: Arc<Wal>,
+    backend: Backend,
     config: &Config,
     shutdown: impl Future<Output = ()>,
     stop_waiting: impl Future<Output = ()>,
 ) -> Drain {
-    let service = warp::service(routes::routes(store, wal, config.max_value_bytes));
+    let service = warp::service(routes::routes(store, backend, config.max_value_bytes));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -23,6 +23,19 @@ const WAL: &str = "wal.jsonl";
 const WAL_PREV: &str = "wal.prev.jsonl";
 /// Held with an exclusive `flock` by the one writer; holds its pid as text.
 const LOCK: &str = "LOCK";
+/// A cluster member's identity: the members it was created with. Its
+/// presence is what makes a directory a cluster member's.
+const CLUSTER: &str = "cluster.json";
+/// A cluster member's current term and vote.
+const RAFT_STATE: &str = "raft-state.json";
+/// A cluster member's Raft log, one entry a line.
+const RAFT_LOG: &str = "raft-log.jsonl";
+/// The Raft position (index, term, members) that `snapshot.jsonl` holds
+/// the state machine at, in a cluster member's directory.
+const SNAPSHOT_META: &str = "snapshot.meta.json";
+/// The members a cluster member exchanges Raft messages with, while a
+/// test partition is in force.
+const PARTITION: &str = "partition.json";
 
 #[derive(Debug, Error)]
 pub enum DataDirError {
@@ -69,6 +82,52 @@ impl Layout {
 
     pub fn wal_prev(&self) -> PathBuf {
         self.root.join(WAL_PREV)
+    }
+
+    pub fn cluster(&self) -> PathBuf {
+        self.root.join(CLUSTER)
+    }
+
+    pub fn raft_state(&self) -> PathBuf {
+        self.root.join(RAFT_STATE)
+    }
+
+    pub fn raft_log(&self) -> PathBuf {
+        self.root.join(RAFT_LOG)
+    }
+
+    pub fn snapshot_meta(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_META)
+    }
+
+    pub fn partition(&self) -> PathBuf {
+        self.root.join(PARTITION)
+    }
+
+    /// Whether the directory belongs to a cluster member.
+    pub fn is_cluster_member(&self) -> bool {
+        self.cluster().exists()
+    }
+
+    /// Whether the directory holds single-node data: a data file or a
+    /// write-ahead log, and no cluster identity.
+    pub fn holds_single_node_data(&self) -> bool {
+        !self.is_cluster_member()
+            && [self.snapshot(), self.wal(), self.wal_prev()]
+                .iter()
+                .any(|p| p.exists())
+    }
+
+    /// Every file that is only ever replaced whole, by temp file and
+    /// rename: their temp files are leftovers of interrupted writes.
+    fn replaced_files(&self) -> [PathBuf; 5] {
+        [
+            self.snapshot(),
+            self.cluster(),
+            self.raft_state(),
+            self.snapshot_meta(),
+            self.partition(),
+        ]
     }
 
     fn lock(&self) -> PathBuf {
@@ -142,12 +201,14 @@ impl Locked {
             .and_then(|()| lock.rewind())
             .and_then(|()| writeln!(lock, "{}", std::process::id()))
             .map_err(io_err("writing LOCK"))?;
-        let temp = snapshot::temp_path(&layout.snapshot());
-        let removed_stale_temp = match std::fs::remove_file(&temp) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(error) => return Err(io_err("removing a stale temp file")(error)),
-        };
+        let mut removed_stale_temp = false;
+        for file in layout.replaced_files() {
+            match std::fs::remove_file(snapshot::temp_path(&file)) {
+                Ok(()) => removed_stale_temp = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_err("removing a stale temp file")(error)),
+            }
+        }
         Ok(Locked {
             layout,
             _lock: lock,

@@ -243,8 +243,27 @@ pub fn write_atomic<'a>(
     target: &Path,
     records: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<WriteSummary, WriteError> {
+    replace_file(target, |out| {
+        let mut summary = WriteSummary::default();
+        for (key, value) in records {
+            write_record(out, key, value)?;
+            summary.records += 1;
+        }
+        summary.bytes = out.bytes;
+        Ok(summary)
+    })
+}
+
+/// Replaces `target` with whatever `fill` writes, by the same steps as
+/// [`write_atomic`]: for the small JSON files beside the data (the cluster's
+/// vote, its members, its partition), which must never be half-written
+/// either.
+pub fn replace_file<T>(
+    target: &Path,
+    fill: impl FnOnce(&mut CountingWriter<BufWriter<File>>) -> io::Result<T>,
+) -> Result<T, WriteError> {
     let tmp = temp_path(target);
-    let result = write_then_rename(target, &tmp, records);
+    let result = write_then_rename(target, &tmp, fill);
     if result.is_err() {
         // Best effort: a leftover temp file is harmless (the next start
         // removes it) but needlessly takes disk space.
@@ -253,11 +272,11 @@ pub fn write_atomic<'a>(
     result
 }
 
-fn write_then_rename<'a>(
+fn write_then_rename<T>(
     target: &Path,
     tmp: &Path,
-    records: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<WriteSummary, WriteError> {
+    fill: impl FnOnce(&mut CountingWriter<BufWriter<File>>) -> io::Result<T>,
+) -> Result<T, WriteError> {
     let fail = |step: &'static str| {
         move |error: io::Error| WriteError {
             target: target.to_owned(),
@@ -275,12 +294,7 @@ fn write_then_rename<'a>(
         inner: BufWriter::with_capacity(1 << 20, file),
         bytes: 0,
     };
-    let mut summary = WriteSummary::default();
-    for (key, value) in records {
-        write_record(&mut out, key, value).map_err(fail("writing the temp file"))?;
-        summary.records += 1;
-    }
-    summary.bytes = out.bytes;
+    let filled = fill(&mut out).map_err(fail("writing the temp file"))?;
     let file = out
         .inner
         .into_inner()
@@ -290,7 +304,7 @@ fn write_then_rename<'a>(
     crate::storage::fault::crash_point("snapshot:before-rename");
     std::fs::rename(tmp, target).map_err(fail("renaming the temp file"))?;
     sync_dir(target).map_err(fail(SYNC_DIR_STEP))?;
-    Ok(summary)
+    Ok(filled)
 }
 
 /// Makes a rename in `file`'s directory durable.
@@ -303,7 +317,7 @@ pub fn sync_dir(file: &Path) -> io::Result<()> {
 }
 
 /// Counts bytes on their way to the file, for the save log line.
-struct CountingWriter<W> {
+pub struct CountingWriter<W> {
     inner: W,
     bytes: u64,
 }

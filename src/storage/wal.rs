@@ -126,8 +126,8 @@ impl Op<'_> {
         }
     }
 
-    #[cfg(test)]
-    fn into_owned(self) -> Op<'static> {
+    /// The same change, owning its text.
+    pub fn into_owned(self) -> Op<'static> {
         match self {
             Op::Set { key, value } => Op::Set {
                 key: Cow::Owned(key.into_owned()),
@@ -180,6 +180,32 @@ pub fn replay(
     torn_tail: TornTail,
     mut each: impl FnMut(Op<'_>),
 ) -> Result<Replayed, ReadError> {
+    read_log(path, torn_tail, |line, _| {
+        each(parse_record(line).map_err(LineError::Unparsable)?);
+        Ok(())
+    })
+}
+
+/// Why a log line was not taken.
+#[derive(Debug)]
+pub enum LineError {
+    /// It does not parse: the torn tail if nothing follows, else corruption.
+    Unparsable(String),
+    /// It parses but cannot be right where it stands (say, an index out of
+    /// sequence): corruption, wherever it is.
+    Misplaced(String),
+}
+
+/// Reads an append-only JSON Lines log at `path` (missing = empty) by the
+/// torn-tail rules of [`replay`], calling `take` with each whole line (its
+/// trailing newline removed) and the byte offset it starts at. `take` must
+/// have no effect when it returns an error. Shared by this log and the
+/// cluster's Raft log, so both cut a crash's torn write the same way.
+pub fn read_log(
+    path: &Path,
+    torn_tail: TornTail,
+    mut take: impl FnMut(&[u8], u64) -> Result<(), LineError>,
+) -> Result<Replayed, ReadError> {
     let name = path.display().to_string();
     let io_error = |error| ReadError::Io {
         source_name: name.clone(),
@@ -196,7 +222,7 @@ pub fn replay(
     // corruption. Cut at this length, a half-written record is simply the
     // torn tail, and it was not acknowledged yet.
     let len = file.metadata().map_err(io_error)?.len();
-    let replayed = replay_from(file, len, &name, &mut each)?;
+    let replayed = read_lines(file, len, &name, &mut take)?;
     if replayed.torn {
         let at = replayed.valid_bytes;
         warn!(
@@ -215,12 +241,12 @@ pub fn replay(
     Ok(replayed)
 }
 
-/// Replays the first `len` bytes of `log` (see [`replay`]).
-fn replay_from(
+/// Reads the first `len` bytes of `log` (see [`read_log`]).
+fn read_lines(
     log: impl Read,
     len: u64,
     name: &str,
-    each: &mut impl FnMut(Op<'_>),
+    take: &mut impl FnMut(&[u8], u64) -> Result<(), LineError>,
 ) -> Result<Replayed, ReadError> {
     let io_error = |error| ReadError::Io {
         source_name: name.to_owned(),
@@ -261,20 +287,26 @@ fn replay_from(
             replayed.valid_bytes = offset;
             continue;
         }
-        match parse_record(&buf) {
-            Ok(op) if whole => {
-                each(op);
+        if !whole {
+            // No newline: the append was cut short, whatever it holds.
+            replayed.torn = true;
+            break;
+        }
+        match take(&buf[..buf.len() - 1], start) {
+            Ok(()) => {
                 replayed.records += 1;
                 replayed.valid_bytes = offset;
             }
-            Ok(_) => {
-                // Complete JSON but no newline: the append was cut short.
-                replayed.torn = true;
-                break;
-            }
-            Err(reason) => {
+            Err(LineError::Unparsable(reason)) => {
                 suspect = Some((line_no, reason));
                 replayed.valid_bytes = start;
+            }
+            Err(LineError::Misplaced(reason)) => {
+                return Err(ReadError::Invalid {
+                    source_name: name.to_owned(),
+                    line: line_no,
+                    reason,
+                });
             }
         }
     }
@@ -284,7 +316,8 @@ fn replay_from(
     Ok(replayed)
 }
 
-fn parse_record(line: &[u8]) -> Result<Op<'_>, String> {
+/// Parses and checks one log record (without its newline).
+pub fn parse_record(line: &[u8]) -> Result<Op<'_>, String> {
     let text = std::str::from_utf8(line).map_err(|_| "not valid UTF-8".to_owned())?;
     let op: Op = serde_json::from_str(text).map_err(|e| {
         format!(
@@ -807,8 +840,12 @@ mod tests {
             parts: vec![first.clone().into_bytes(), rest.into_bytes()],
         };
         let mut ops = 0;
-        let replayed =
-            replay_from(log, first.len() as u64, "wal.jsonl", &mut |_| ops += 1).unwrap();
+        let replayed = read_lines(log, first.len() as u64, "wal.jsonl", &mut |line, _| {
+            parse_record(line).map_err(LineError::Unparsable)?;
+            ops += 1;
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(ops, 3);
         assert!(replayed.torn);
         assert_eq!(replayed.valid_bytes, GOOD.len() as u64);

@@ -1,0 +1,217 @@
+//! Sends the engine's messages to the other members as HTTP `POST
+//! /raft/...` with JSON bodies.
+//!
+//! Owns one sender task per peer, each with its own queue and a pooled
+//! keep-alive connection, so a slow or unreachable peer delays only its own
+//! messages. A task takes everything queued for its peer, posts it in as
+//! few requests as the message families allow, and tells the node loop
+//! when a peer could not be reached (the engine then slows down sending to
+//! it) and how a snapshot went. Raft tolerates lost messages, so a full
+//! queue or a failed post drops messages rather than wait. It must never
+//! block the node loop, and never send to a member the partition excludes.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc as tokio_mpsc;
+use tracing::{debug, info, warn};
+
+use crate::cluster::members::Members;
+use crate::cluster::node::Event;
+use crate::cluster::partition::Partition;
+use crate::cluster::wire::{self, Family};
+
+/// How long one post may take before the peer counts as unreachable.
+/// Well under the 500 ms minimum election timeout, so a stalled link shows
+/// up as lost heartbeats rather than as a queue of late ones.
+const RPC_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How long a post carrying a snapshot may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a new connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+
+/// The most messages one post carries.
+const MAX_BATCH: usize = 512;
+
+/// The sending side: the node loop hands it messages.
+pub struct Network {
+    /// One queue per engine node number (index 0 unused; this member's own
+    /// slot is `None`).
+    peers: Vec<Option<tokio_mpsc::Sender<Message>>>,
+}
+
+impl Network {
+    /// Starts a sender task per peer on `runtime`.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        members: Arc<Members>,
+        partition: Arc<Partition>,
+        events: mpsc::Sender<Event>,
+    ) -> Network {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        let mut peers = vec![None];
+        for node in members.nodes() {
+            if node == members.my_node() {
+                peers.push(None);
+                continue;
+            }
+            let (tx, rx) = tokio_mpsc::channel(QUEUE);
+            let peer = Peer {
+                node,
+                base: format!("http://{}", members.id_of(node).expect("a member")),
+                client: client.clone(),
+                members: Arc::clone(&members),
+                partition: Arc::clone(&partition),
+                events: events.clone(),
+                reachable: true,
+            };
+            runtime.spawn(peer.run(rx));
+            peers.push(Some(tx));
+        }
+        Network { peers }
+    }
+
+    /// Queues messages for their peers. Never blocks.
+    pub fn send(&self, messages: Vec<Message>) {
+        for message in messages {
+            let queue = self.peers.get(message.to as usize).and_then(Option::as_ref);
+            match queue {
+                Some(queue) => {
+                    if queue.try_send(message).is_err() {
+                        debug!("queue to a peer is full; dropping a message (Raft resends)");
+                    }
+                }
+                None => warn!("dropping a message to node {}, not a peer", message.to),
+            }
+        }
+    }
+}
+
+struct Peer {
+    node: u64,
+    /// `http://HOST:PORT`.
+    base: String,
+    client: reqwest::Client,
+    members: Arc<Members>,
+    partition: Arc<Partition>,
+    events: mpsc::Sender<Event>,
+    /// Whether the last post went through, so that a peer going away or
+    /// coming back is logged once, not at every heartbeat.
+    reachable: bool,
+}
+
+impl Peer {
+    async fn run(mut self, mut queue: tokio_mpsc::Receiver<Message>) {
+        let mut batch = Vec::new();
+        while let Some(first) = queue.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            if self.partition.allows(self.node) {
+                self.post_all(&batch).await;
+            } else {
+                // As if the network dropped them.
+                self.report(false);
+            }
+            batch.clear();
+        }
+    }
+
+    /// Posts the batch in runs of one family, in order.
+    async fn post_all(&mut self, batch: &[Message]) {
+        let mut start = 0;
+        while start < batch.len() {
+            let family = Family::of(&batch[start]);
+            let end = batch[start..]
+                .iter()
+                .position(|m| Family::of(m) != family)
+                .map_or(batch.len(), |n| start + n);
+            let run = &batch[start..end];
+            let delivered = self.post(family, run).await;
+            if family == Family::InstallSnapshot {
+                let status = if delivered {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                let _ = self.events.send(Event::SnapshotStatus(self.node, status));
+            }
+            start = end;
+        }
+    }
+
+    async fn post(&mut self, family: Family, run: &[Message]) -> bool {
+        let body = match wire::encode(run, &self.members) {
+            Ok(body) => body,
+            Err(e) => {
+                warn!("cannot encode a message for {}: {e}", self.base);
+                return false;
+            }
+        };
+        let timeout = if family == Family::InstallSnapshot {
+            SNAPSHOT_TIMEOUT
+        } else {
+            RPC_TIMEOUT
+        };
+        let sent = self
+            .client
+            .post(format!("{}{}", self.base, family.path()))
+            .header("content-type", "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let delivered = match sent {
+            Ok(response) if response.status().is_success() => true,
+            Ok(response) => {
+                debug!("{} answered {}", self.base, response.status());
+                false
+            }
+            Err(e) => {
+                debug!("cannot post to {}: {e}", self.base);
+                false
+            }
+        };
+        if !delivered
+            && run
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgAppend)
+        {
+            // Lets the engine fall back to probing this peer instead of
+            // streaming entries into the void.
+            let _ = self.events.send(Event::Unreachable(self.node));
+        }
+        self.report(delivered);
+        delivered
+    }
+
+    fn report(&mut self, delivered: bool) {
+        if delivered != self.reachable {
+            self.reachable = delivered;
+            if delivered {
+                info!("peer {} is reachable again", &self.base[7..]);
+            } else {
+                info!(
+                    "peer {} is unreachable; its messages are dropped until it answers",
+                    &self.base[7..]
+                );
+            }
+        }
+    }
+}
