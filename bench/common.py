@@ -24,6 +24,21 @@ def build():
     )
 
 
+def build_baseline(rev, dest):
+    """Builds `rev` in a temporary worktree (sharing target/ so that only
+    kvs itself recompiles) and copies its binary to `dest`."""
+    tree = tempfile.mkdtemp(prefix="kvs-baseline-")
+    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "-f", tree, rev],
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                        os.path.join(tree, "Cargo.toml"), "--target-dir", TARGET], check=True)
+        shutil.copy(os.path.join(TARGET, "release", "kvs"), dest)
+    finally:
+        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], check=True)
+    build()  # put the current binary back
+
+
 def need(tool, package):
     """Installs a Debian package if its tool is missing (needs root)."""
     if shutil.which(tool):
@@ -54,10 +69,16 @@ class Server:
         self.log_file = tempfile.NamedTemporaryFile("w+", prefix="kvs-bench-", suffix=".log")
         self.log_path = self.log_file.name
         pin = ["taskset", "-c", cpus] if cpus else []
+        # `kvs serve` also reads PEERS and ADDR from the environment, and
+        # either left over from trying cluster mode in the same shell would
+        # turn the benchmarked server into a cluster member: every benchmark
+        # here measures a single node, so they are never passed on.
+        env = {k: v for k, v in os.environ.items() if k not in ("PEERS", "ADDR")}
         self.proc = subprocess.Popen(
             pin + [binary, "serve", "--port=0", "--working-dir", workdir, *args],
             stdout=subprocess.DEVNULL,
             stderr=self.log_file,
+            env=env,
         )
         deadline = time.time() + 120
         while True:

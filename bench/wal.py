@@ -15,29 +15,13 @@ Usage: bench/wal.py [--runs 3] [--seconds 5] [--baseline-rev REV]
 import argparse
 import os
 import shutil
-import subprocess
 import tempfile
 
-from common import KVS, PUT_SCRIPT, REPO, TARGET, Server, build, logged_ms, machine, median, need, wrk
+from common import KVS, PUT_SCRIPT, Server, build_baseline, logged_ms, machine, median, need, wrk
 
 # The last commit whose server kept writes in memory only.
 BASELINE_REV = "82eee4c"
 CONNECTIONS = (1, 16, 64)
-
-
-def build_baseline(rev, dest):
-    """Builds `rev` in a temporary worktree (sharing target/ so that only
-    kvs itself recompiles) and copies its binary to `dest`."""
-    tree = tempfile.mkdtemp(prefix="kvs-baseline-")
-    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "-f", tree, rev],
-                   check=True, capture_output=True)
-    try:
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
-                        os.path.join(tree, "Cargo.toml"), "--target-dir", TARGET], check=True)
-        shutil.copy(os.path.join(TARGET, "release", "kvs"), dest)
-    finally:
-        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], check=True)
-    build()  # put the current binary back
 
 
 def put_run(binary, args, connections, seconds):
