@@ -84,11 +84,30 @@ struct StateFile {
 }
 
 /// `snapshot.meta.json`: where in the log `snapshot.jsonl` stands.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Clone, Copy)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotMeta {
     pub index: u64,
     pub term: u64,
+}
+
+/// `snapshot.next.json`: a switch to a snapshot, decided.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextFile {
+    index: u64,
+    term: u64,
+    /// The data file's name, in the same directory.
+    data: String,
+}
+
+/// Where a snapshot's data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// This member's compaction: the log after the snapshot is kept.
+    Compaction,
+    /// The leader: this member's log is replaced by the snapshot.
+    Leader,
 }
 
 /// One line of `raft-log.jsonl`, as read.
@@ -172,6 +191,8 @@ impl LogStore {
     /// file and line, and nothing is changed.
     pub fn open(layout: &Layout, members: Arc<Members>) -> Result<LogStore, LogStoreError> {
         check_members(layout, &members)?;
+        finish_switch(layout)?;
+        remove_leftovers(layout)?;
         let state: Option<StateFile> = read_json(&layout.raft_state())?;
         let snapshot: SnapshotMeta = read_json(&layout.snapshot_meta())?.unwrap_or_default();
         let mut hard_state = HardState::default();
@@ -262,6 +283,80 @@ impl LogStore {
 
     pub fn snapshot_index(&self) -> u64 {
         self.snapshot.index
+    }
+
+    /// The size of `raft-log.jsonl`, for deciding when to compact.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_len
+    }
+
+    /// Makes `data`, a data file already written and fsynced in this
+    /// directory, the snapshot at `index` (of `term`), and drops the log
+    /// through `index` (all of it, for a leader's snapshot). Durable when
+    /// it returns; see the module docs for the crash points.
+    pub fn adopt_snapshot(
+        &mut self,
+        data: &std::path::Path,
+        index: u64,
+        term: u64,
+        source: SnapshotSource,
+    ) -> Result<(), LogStoreError> {
+        // The commit lines through what the snapshot holds go first.
+        self.sync()?;
+        let next = NextFile {
+            index,
+            term,
+            data: data
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        snapshot::replace_file(&self.layout.snapshot_next(), |out| {
+            serde_json::to_writer(&mut *out, &next)?;
+            out.write_all(b"\n")
+        })?;
+        crate::storage::fault::crash_point("snapshot-switch:after-commit-point");
+        finish_switch(&self.layout)?;
+        crate::storage::fault::crash_point("snapshot-switch:after-switch");
+        let keep_from = match source {
+            SnapshotSource::Compaction => {
+                ((index + 1).saturating_sub(self.first()) as usize).min(self.entries.len())
+            }
+            SnapshotSource::Leader => self.entries.len(),
+        };
+        self.entries.drain(..keep_from);
+        self.snapshot = SnapshotMeta { index, term };
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.rewrite_log()
+    }
+
+    /// Rewrites `raft-log.jsonl` as the entries in memory and the commit
+    /// index, by temp file, fsync, rename and directory fsync.
+    fn rewrite_log(&mut self) -> Result<(), LogStoreError> {
+        let commit = self.hard_state.commit;
+        let entries = std::mem::take(&mut self.entries);
+        let mut offsets = Vec::with_capacity(entries.len());
+        let mut line = Vec::new();
+        let len = snapshot::replace_file(&self.layout.raft_log(), |out| {
+            for entry in &entries {
+                offsets.push(out.bytes());
+                line.clear();
+                entry_line(&mut line, entry);
+                out.write_all(&line)?;
+            }
+            writeln!(out, "{{\"commit\":{commit}}}")?;
+            Ok(out.bytes())
+        })?;
+        self.entries = entries;
+        self.offsets = offsets;
+        self.log = OpenOptions::new()
+            .append(true)
+            .open(self.layout.raft_log())
+            .map_err(|error| self.io(error))?;
+        self.log_len = len;
+        self.commit_written = commit;
+        self.unsynced = false;
+        Ok(())
     }
 
     fn first(&self) -> u64 {
@@ -418,13 +513,74 @@ impl raft::Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never trimmed yet, so a follower can always be caught
-        // up from it and the engine never needs a snapshot.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The position of the last snapshot, without its data: the network
+    /// streams `snapshot.jsonl` itself when it sends this (see
+    /// `cluster::network`), so the data is never held in a message.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.index == 0 || request_index > self.snapshot.index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = self.snapshot.index;
+        meta.term = self.snapshot.term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
     }
+}
+
+/// Appends an entry's log line to `out`.
+fn entry_line(out: &mut Vec<u8>, entry: &Entry) {
+    write!(out, "{{\"index\":{},\"term\":{}", entry.index, entry.term).expect("writing to memory");
+    if !entry.data.is_empty() {
+        out.extend_from_slice(b",\"op\":");
+        out.extend_from_slice(&entry.data);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Rolls a decided switch to a snapshot forward (see the module docs).
+fn finish_switch(layout: &Layout) -> Result<(), LogStoreError> {
+    let io = |path: PathBuf| move |error| LogStoreError::Io { path, error };
+    if let Some(next) = read_json::<NextFile>(&layout.snapshot_next())? {
+        let data = layout.root().join(&next.data);
+        if data.exists() {
+            std::fs::rename(&data, layout.snapshot()).map_err(io(data.clone()))?;
+            snapshot::sync_dir(&layout.snapshot()).map_err(io(layout.snapshot()))?;
+        }
+        let meta = SnapshotMeta {
+            index: next.index,
+            term: next.term,
+        };
+        snapshot::replace_file(&layout.snapshot_meta(), |out| {
+            serde_json::to_writer(&mut *out, &meta)?;
+            out.write_all(b"\n")
+        })?;
+        std::fs::remove_file(layout.snapshot_next()).map_err(io(layout.snapshot_next()))?;
+        snapshot::sync_dir(&layout.snapshot_next()).map_err(io(layout.snapshot_next()))?;
+    }
+    Ok(())
+}
+
+/// Removes snapshot data files that no decided switch names: leftovers of
+/// a compaction or a transfer that a crash cut short. Only at start: while
+/// the member runs, one may be being written.
+fn remove_leftovers(layout: &Layout) -> Result<(), LogStoreError> {
+    for leftover in [layout.snapshot_compact(), layout.snapshot_incoming()] {
+        match std::fs::remove_file(&leftover) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(LogStoreError::Io {
+                    path: leftover,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records the members on a first start; refuses a start with others.

@@ -9,19 +9,27 @@
 //! it) and how a snapshot went. Raft tolerates lost messages, so a full
 //! queue or a failed post drops messages rather than wait. It must never
 //! block the node loop, and never send to a member the partition excludes.
+//!
+//! A snapshot message carries only a position; before posting it, the
+//! peer's task streams the data file (`snapshot.jsonl`, opened only then,
+//! so it is at least as new as the position: see `log_store`) to
+//! `/raft/snapshot-chunk` in pieces of whole lines, so neither side ever
+//! holds more than a piece in a message.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc as tokio_mpsc;
 use tracing::{debug, info, warn};
 
 use crate::cluster::members::Members;
 use crate::cluster::node::Event;
 use crate::cluster::partition::Partition;
-use crate::cluster::wire::{self, Family};
+use crate::cluster::wire::{self, Family, SnapshotChunk};
 
 /// How long one post may take before the peer counts as unreachable.
 /// Well under the 500 ms minimum election timeout, so a stalled link shows
@@ -40,6 +48,9 @@ const QUEUE: usize = 4096;
 /// The most messages one post carries.
 const MAX_BATCH: usize = 512;
 
+/// About how much of a snapshot's data file one chunk carries.
+const CHUNK_BYTES: usize = 1 << 20;
+
 /// The sending side: the node loop hands it messages.
 pub struct Network {
     /// One queue per engine node number (index 0 unused; this member's own
@@ -53,6 +64,7 @@ impl Network {
         runtime: &tokio::runtime::Handle,
         members: Arc<Members>,
         partition: Arc<Partition>,
+        snapshot: PathBuf,
         events: mpsc::Sender<Event>,
     ) -> Network {
         let client = reqwest::Client::builder()
@@ -75,6 +87,7 @@ impl Network {
                 members: Arc::clone(&members),
                 partition: Arc::clone(&partition),
                 events: events.clone(),
+                snapshot: snapshot.clone(),
                 reachable: true,
             };
             runtime.spawn(peer.run(rx));
@@ -107,6 +120,8 @@ struct Peer {
     members: Arc<Members>,
     partition: Arc<Partition>,
     events: mpsc::Sender<Event>,
+    /// This member's data file, streamed with a snapshot message.
+    snapshot: PathBuf,
     /// Whether the last post went through, so that a peer going away or
     /// coming back is logged once, not at every heartbeat.
     reachable: bool,
@@ -143,17 +158,104 @@ impl Peer {
                 .position(|m| Family::of(m) != family)
                 .map_or(batch.len(), |n| start + n);
             let run = &batch[start..end];
-            let delivered = self.post(family, run).await;
             if family == Family::InstallSnapshot {
-                let status = if delivered {
-                    raft::SnapshotStatus::Finish
-                } else {
-                    raft::SnapshotStatus::Failure
-                };
-                let _ = self.events.send(Event::SnapshotStatus(self.node, status));
+                for message in run {
+                    let delivered = self.send_snapshot(message).await;
+                    let status = if delivered {
+                        raft::SnapshotStatus::Finish
+                    } else {
+                        raft::SnapshotStatus::Failure
+                    };
+                    let _ = self.events.send(Event::SnapshotStatus(self.node, status));
+                }
+            } else {
+                self.post(family, run).await;
             }
             start = end;
         }
+    }
+
+    /// Streams the data file, then posts the snapshot message.
+    async fn send_snapshot(&mut self, message: &Message) -> bool {
+        let started = std::time::Instant::now();
+        let index = message.get_snapshot().get_metadata().index;
+        let sent = match self.stream_data(index).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(
+                    "cannot send the snapshot at index {index} to {}: {e}",
+                    self.peer()
+                );
+                return false;
+            }
+        };
+        let delivered = self
+            .post(Family::InstallSnapshot, std::slice::from_ref(message))
+            .await;
+        if delivered {
+            info!(
+                "sent the snapshot at index {index} ({sent} bytes) to {} in {} ms",
+                self.peer(),
+                started.elapsed().as_millis()
+            );
+        }
+        delivered
+    }
+
+    async fn stream_data(&mut self, index: u64) -> Result<u64, String> {
+        let file = tokio::fs::File::open(&self.snapshot)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", self.snapshot.display()))?;
+        let mut reader = tokio::io::BufReader::with_capacity(CHUNK_BYTES, file);
+        let mut offset = 0u64;
+        let mut piece = Vec::with_capacity(CHUNK_BYTES + 4096);
+        loop {
+            piece.clear();
+            let mut last = false;
+            while piece.len() < CHUNK_BYTES {
+                let n = reader
+                    .read_until(b'\n', &mut piece)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", self.snapshot.display()))?;
+                if n == 0 {
+                    last = true;
+                    break;
+                }
+            }
+            let data = String::from_utf8(std::mem::take(&mut piece))
+                .map_err(|_| format!("{} is not UTF-8", self.snapshot.display()))?;
+            let len = data.len() as u64;
+            let chunk = SnapshotChunk {
+                from: self.members.me().to_owned(),
+                index,
+                offset,
+                last,
+                data,
+            };
+            let body = serde_json::to_vec(&chunk).map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .post(format!("{}/raft/snapshot-chunk", self.base))
+                .header("content-type", "application/json")
+                .timeout(SNAPSHOT_TIMEOUT)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                return Err(format!("it answered {status}: {}", text.trim_end()));
+            }
+            offset += len;
+            if last {
+                return Ok(offset);
+            }
+        }
+    }
+
+    fn peer(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     async fn post(&mut self, family: Family, run: &[Message]) -> bool {
@@ -205,11 +307,11 @@ impl Peer {
         if delivered != self.reachable {
             self.reachable = delivered;
             if delivered {
-                info!("peer {} is reachable again", &self.base[7..]);
+                info!("peer {} is reachable again", self.peer());
             } else {
                 info!(
                     "peer {} is unreachable; its messages are dropped until it answers",
-                    &self.base[7..]
+                    self.peer()
                 );
             }
         }

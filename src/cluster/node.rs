@@ -18,9 +18,10 @@
 //! check-quorum are the engine's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,13 +33,15 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::cluster::log_store::LogStore;
+use crate::cluster::log_store::{LogStore, SnapshotSource};
 use crate::cluster::members::Members;
 use crate::cluster::network::Network;
 use crate::cluster::partition::{Partition, PartitionError};
-use crate::cluster::wire::{self, WireError};
+use crate::cluster::wire::{self, SnapshotChunk, WireError};
 use crate::cluster::{logger, state_machine};
-use crate::storage::store::Store;
+use crate::storage::datadir::Layout;
+use crate::storage::snapshot;
+use crate::storage::store::{Builder, Store};
 use crate::storage::wal::Op;
 
 /// One engine tick. Heartbeats go every 2 ticks (100 ms); the election
@@ -51,6 +54,10 @@ const ELECTION_TICKS: usize = 10;
 /// The most events the loop takes before handling a `Ready`: bounds how
 /// long a flood of requests can hold back persisting and sending.
 const MAX_EVENTS: usize = 4096;
+
+/// The longest a hand-off holds requests: past an election timeout the
+/// engine has abandoned the transfer anyway.
+const HOLD_LIMIT: Duration = Duration::from_secs(1);
 
 /// Where the loop sends a request's answer.
 type Answer = oneshot::Sender<Result<(), Refused>>;
@@ -70,7 +77,31 @@ pub enum Event {
     Unreachable(u64),
     /// How sending a snapshot to a peer went.
     SnapshotStatus(u64, SnapshotStatus),
+    /// A leader's snapshot message, its data received and loaded.
+    Snapshot {
+        message: Message,
+        data: Box<Builder>,
+    },
+    /// A compaction wrote its data file.
+    Compacted(Compacted),
+    /// A compaction failed; the log keeps everything.
+    CompactionFailed(String),
+    /// Shutdown begins: hand leadership to an up-to-date follower, and
+    /// answer once this member no longer leads.
+    HandOff(oneshot::Sender<()>),
     Stop,
+}
+
+/// What a compaction thread wrote.
+pub struct Compacted {
+    index: u64,
+    term: u64,
+    /// Snapshots installed when the compaction began: one installed since
+    /// means the copy may mix the store before and after it.
+    installs: u64,
+    keys: u64,
+    bytes: u64,
+    started: Instant,
 }
 
 /// Why a request was not answered with success.
@@ -95,6 +126,12 @@ pub enum ReceiveError {
     Partitioned,
     #[error("this member is shutting down")]
     ShuttingDown,
+    #[error("snapshot chunk out of order: {0}")]
+    OutOfOrder(String),
+    #[error("cannot store the snapshot being received: {0}")]
+    Disk(std::io::Error),
+    #[error("the snapshot received is not a valid data file: {0}")]
+    BadSnapshot(crate::storage::snapshot::ReadError),
 }
 
 /// A member's role, as `/cluster/info` names it.
@@ -116,6 +153,9 @@ struct State {
     vote: u64,
     commit: u64,
     applied: u64,
+    /// This member is handing leadership over and holds requests until it
+    /// knows who took it, so they can be sent there rather than refused.
+    holding: bool,
 }
 
 /// `GET /cluster/info`.
@@ -149,6 +189,19 @@ struct Shared {
     /// How long a write may wait for its commit (and a read for its
     /// confirmation) before it is answered "unknown".
     commit_timeout: Duration,
+    layout: Layout,
+    /// The snapshot being received from a leader, if any.
+    incoming: Mutex<Option<Incoming>>,
+}
+
+/// A snapshot transfer under way into `snapshot.incoming.jsonl`.
+struct Incoming {
+    from: u64,
+    index: u64,
+    /// Bytes written so far: where the next chunk must start.
+    written: u64,
+    /// Whether the last chunk arrived (and the file is synced).
+    complete: bool,
 }
 
 /// The handle to a running member. Cheap to clone.
@@ -172,6 +225,9 @@ pub struct Start {
     /// The index the store has applied through.
     pub applied: u64,
     pub commit_timeout: Duration,
+    pub layout: Layout,
+    /// Compact the log once it grows past this many bytes.
+    pub max_log_bytes: u64,
 }
 
 impl Node {
@@ -184,6 +240,8 @@ impl Node {
             store,
             applied,
             commit_timeout,
+            layout,
+            max_log_bytes,
         } = start;
         let config = raft::Config {
             id: members.my_node(),
@@ -209,6 +267,7 @@ impl Node {
             vote: hard_state.vote,
             commit: hard_state.commit,
             applied,
+            holding: false,
         };
         let shared = Arc::new(Shared {
             events: events.clone(),
@@ -216,8 +275,16 @@ impl Node {
             members: Arc::clone(&members),
             partition: Arc::clone(&partition),
             commit_timeout,
+            layout: layout.clone(),
+            incoming: Mutex::new(None),
         });
-        let network = Network::start(runtime, members, partition, events.clone());
+        let network = Network::start(
+            runtime,
+            members,
+            partition,
+            layout.snapshot(),
+            events.clone(),
+        );
         let runner = Runner {
             raw,
             inbox,
@@ -232,6 +299,14 @@ impl Node {
             next_read: 1,
             applied,
             published: state,
+            layout,
+            max_log_bytes,
+            compacting: false,
+            compaction_retry: None,
+            installs: 0,
+            install: None,
+            hand_off: None,
+            holding_until: None,
         };
         let thread = std::thread::Builder::new()
             .name("kvs-raft".into())
@@ -285,10 +360,20 @@ impl Node {
         }
     }
 
+    /// If this member leads, hands leadership to the most up-to-date
+    /// follower and returns once it no longer leads (or after `within`),
+    /// so that a restart costs clients no election timeout.
+    pub async fn hand_off(&self, within: Duration) {
+        let (done, handed) = oneshot::channel();
+        if self.shared.events.send(Event::HandOff(done)).is_ok() {
+            let _ = tokio::time::timeout(within, handed).await;
+        }
+    }
+
     /// Who leads, as the loop last saw it.
     pub fn leadership(&self) -> Leadership {
         let state = *self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        if state.role == Role::Leader {
+        if state.role == Role::Leader || state.holding {
             Leadership::Me
         } else {
             Leadership::Other(self.id_of(state.leader))
@@ -317,16 +402,130 @@ impl Node {
 
     /// Takes a batch of messages a peer posted.
     pub fn receive(&self, body: &[u8]) -> Result<(), ReceiveError> {
+        let messages = self.decode(body)?;
+        if messages
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        {
+            return Err(ReceiveError::OutOfOrder(
+                "a snapshot goes to /raft/install-snapshot".into(),
+            ));
+        }
+        self.shared
+            .events
+            .send(Event::Raft(messages))
+            .map_err(|_| ReceiveError::ShuttingDown)
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Vec<Message>, ReceiveError> {
         let mut messages = wire::decode(body, &self.shared.members)?;
         let partition = &self.shared.partition;
         messages.retain(|m| partition.allows(m.from));
         if messages.is_empty() {
             return Err(ReceiveError::Partitioned);
         }
-        self.shared
-            .events
-            .send(Event::Raft(messages))
-            .map_err(|_| ReceiveError::ShuttingDown)
+        Ok(messages)
+    }
+
+    /// Takes one chunk of a snapshot's data (`POST /raft/snapshot-chunk`).
+    /// Blocking: it writes and, at the last chunk, fsyncs.
+    pub fn receive_chunk(&self, body: &[u8]) -> Result<(), ReceiveError> {
+        let chunk: SnapshotChunk = serde_json::from_slice(body).map_err(WireError::from)?;
+        let from = self
+            .shared
+            .members
+            .node_of(&chunk.from)
+            .ok_or_else(|| WireError::UnknownMember(chunk.from.clone()))?;
+        if !self.shared.partition.allows(from) {
+            return Err(ReceiveError::Partitioned);
+        }
+        let path = self.shared.layout.snapshot_incoming();
+        let mut incoming = self
+            .shared
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut file = if chunk.offset == 0 {
+            *incoming = Some(Incoming {
+                from,
+                index: chunk.index,
+                written: 0,
+                complete: false,
+            });
+            File::create(&path).map_err(ReceiveError::Disk)?
+        } else {
+            match incoming.as_ref() {
+                Some(i)
+                    if i.from == from
+                        && i.index == chunk.index
+                        && i.written == chunk.offset
+                        && !i.complete => {}
+                _ => {
+                    return Err(ReceiveError::OutOfOrder(format!(
+                        "offset {} of the snapshot at index {} from {}",
+                        chunk.offset, chunk.index, chunk.from
+                    )));
+                }
+            }
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(ReceiveError::Disk)?
+        };
+        file.write_all(chunk.data.as_bytes())
+            .map_err(ReceiveError::Disk)?;
+        if chunk.last {
+            file.sync_all().map_err(ReceiveError::Disk)?;
+        }
+        if let Some(i) = incoming.as_mut() {
+            i.written += chunk.data.len() as u64;
+            i.complete = chunk.last;
+        }
+        Ok(())
+    }
+
+    /// Takes a leader's snapshot message (`POST /raft/install-snapshot`)
+    /// once its data has arrived: loads and checks the data, then hands
+    /// both to the loop, which installs them if the engine accepts the
+    /// snapshot. Blocking: it reads the whole data file.
+    pub fn receive_snapshot(&self, body: &[u8]) -> Result<(), ReceiveError> {
+        for message in self.decode(body)? {
+            if message.get_msg_type() != MessageType::MsgSnapshot {
+                self.shared
+                    .events
+                    .send(Event::Raft(vec![message]))
+                    .map_err(|_| ReceiveError::ShuttingDown)?;
+                continue;
+            }
+            let index = message.get_snapshot().get_metadata().index;
+            let received = self
+                .shared
+                .incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            match received {
+                Some(i) if i.from == message.from && i.index == index && i.complete => {}
+                _ => {
+                    return Err(ReceiveError::OutOfOrder(format!(
+                        "the snapshot at index {index} came before all of its data"
+                    )));
+                }
+            }
+            let mut data = Builder::new();
+            snapshot::read_file(&self.shared.layout.snapshot_incoming(), |key, value| {
+                data.push(key, value)
+            })
+            .map_err(ReceiveError::BadSnapshot)?;
+            self.shared
+                .events
+                .send(Event::Snapshot {
+                    message,
+                    data: Box::new(data),
+                })
+                .map_err(|_| ReceiveError::ShuttingDown)?;
+        }
+        Ok(())
     }
 
     /// `POST /cluster/partition`. Blocking: it fsyncs.
@@ -377,6 +576,21 @@ struct Runner {
     applied: u64,
     /// What the handles were last shown.
     published: State,
+    layout: Layout,
+    max_log_bytes: u64,
+    /// Whether a compaction thread is running.
+    compacting: bool,
+    /// When to try again after a failed compaction.
+    compaction_retry: Option<Instant>,
+    /// How many leader snapshots were installed.
+    installs: u64,
+    /// A leader's snapshot stepped into the engine, with its data, until
+    /// the engine's `Ready` says whether it took it.
+    install: Option<(u64, Box<Builder>)>,
+    /// Who waits for this member to stop leading.
+    hand_off: Option<oneshot::Sender<()>>,
+    /// Until when requests are held during a hand-off (see `State`).
+    holding_until: Option<Instant>,
 }
 
 impl Runner {
@@ -411,7 +625,10 @@ impl Runner {
             self.propose();
             self.start_read_round();
             self.on_ready();
+            // A snapshot the engine did not take in that `Ready` was stale.
+            self.install = None;
             self.publish();
+            self.maybe_compact();
             if stop {
                 self.finish();
                 return;
@@ -426,6 +643,7 @@ impl Runner {
             Event::Read { done } => self.reads_waiting.push(done),
             Event::Raft(messages) => {
                 for message in messages {
+                    self.check_not_forgotten(&message);
                     // A stale or misdirected message is the engine's to
                     // ignore; it says so in its own log.
                     let _ = self.raw.step(message);
@@ -433,9 +651,83 @@ impl Runner {
             }
             Event::Unreachable(node) => self.raw.report_unreachable(node),
             Event::SnapshotStatus(node, status) => self.raw.report_snapshot(node, status),
+            Event::Snapshot { message, data } => {
+                let index = message.get_snapshot().get_metadata().index;
+                self.install = Some((index, data));
+                let _ = self.raw.step(message);
+            }
+            Event::Compacted(done) => self.compacted(done),
+            Event::CompactionFailed(e) => {
+                error!("compaction failed: {e}; the Raft log keeps every entry, retrying in 10 s");
+                self.compacting = false;
+                self.compaction_retry = Some(Instant::now() + Duration::from_secs(10));
+            }
+            Event::HandOff(done) => self.hand_off(done),
             Event::Stop => return true,
         }
         false
+    }
+
+    /// A leader only tells a member that entries it has acknowledged are
+    /// committed. A commit index past the end of this member's log means
+    /// it acknowledged entries it no longer has: its directory was lost
+    /// or replaced while the cluster went on. It must not take part with
+    /// a log that forgot what it promised (nor with a vote it may have
+    /// forgotten), so it stops with an error that says so.
+    fn check_not_forgotten(&self, message: &Message) {
+        let log = &self.raw.raft.raft_log;
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > log.last_index()
+        {
+            fatal(&format!(
+                "the leader {} says entries through index {} are committed on this member, but its Raft log ends at index {}: this data directory lost entries this member had acknowledged (was it deleted or replaced?). Restore the directory from a backup, or rebuild the cluster with every member's directory empty",
+                self.shared.members.id_of(message.from).unwrap_or("?"),
+                message.commit,
+                log.last_index()
+            ));
+        }
+    }
+
+    /// Starts a leadership transfer to the follower with the longest
+    /// matching log; raft-rs sends it the rest of the log, then tells it
+    /// to campaign at once.
+    fn hand_off(&mut self, done: oneshot::Sender<()>) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            let _ = done.send(());
+            return;
+        }
+        let me = raft.id;
+        let best = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        let Some(to) = best else {
+            let _ = done.send(());
+            return;
+        };
+        info!(
+            "shutting down: handing leadership to {}",
+            self.shared.members.id_of(to).unwrap_or("?")
+        );
+        self.raw.transfer_leader(to);
+        self.hand_off = Some(done);
+        self.holding_until = Some(Instant::now() + HOLD_LIMIT);
+    }
+
+    /// Whether requests are held for a hand-off: from its start until this
+    /// member knows the new leader (or the hold has lasted too long).
+    fn holding(&mut self) -> bool {
+        let raft = &self.raw.raft;
+        let unsettled = raft.state == StateRole::Leader || raft.leader_id == raft::INVALID_ID;
+        match self.holding_until {
+            Some(until) if unsettled && Instant::now() < until => true,
+            _ => {
+                self.holding_until = None;
+                false
+            }
+        }
     }
 
     fn not_leader(&self) -> Refused {
@@ -449,8 +741,13 @@ impl Runner {
         if self.proposals.is_empty() {
             return;
         }
+        if self.holding() {
+            // Leadership is being handed over: hold writes until it has
+            // gone, then send them to the new leader, rather than refuse.
+            return;
+        }
         let proposals = std::mem::take(&mut self.proposals);
-        if self.raw.raft.state != StateRole::Leader || self.raw.raft.lead_transferee.is_some() {
+        if self.raw.raft.state != StateRole::Leader {
             let refusal = self.not_leader();
             for (_, done) in proposals {
                 let _ = done.send(Err(refusal.clone()));
@@ -495,6 +792,9 @@ impl Runner {
         if self.reads_waiting.is_empty() {
             return;
         }
+        if self.raw.raft.state != StateRole::Leader && self.holding() {
+            return;
+        }
         if self.raw.raft.state != StateRole::Leader {
             let refusal = self.not_leader();
             for done in self.reads_waiting.drain(..) {
@@ -522,7 +822,8 @@ impl Runner {
         // durable: the entries count for commit only once it is.
         self.network.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            fatal("received a snapshot, which this version never sends");
+            let meta = ready.snapshot().get_metadata();
+            self.install_snapshot(meta.index, meta.term);
         }
         self.apply(ready.take_committed_entries());
         let log = self.raw.mut_store();
@@ -560,6 +861,120 @@ impl Runner {
         self.release_reads();
     }
 
+    /// Installs the leader's snapshot the engine just took: durably first,
+    /// then in memory.
+    fn install_snapshot(&mut self, index: u64, term: u64) {
+        let Some((received, data)) = self.install.take() else {
+            fatal("the engine took a snapshot whose data never arrived");
+        };
+        if received != index {
+            fatal("the engine took a snapshot other than the one received");
+        }
+        let started = Instant::now();
+        let incoming = self.layout.snapshot_incoming();
+        if let Err(e) =
+            self.raw
+                .mut_store()
+                .adopt_snapshot(&incoming, index, term, SnapshotSource::Leader)
+        {
+            fatal(&format!("cannot install the leader's snapshot: {e}"));
+        }
+        data.replace(&self.store);
+        self.applied = index;
+        self.installs += 1;
+        info!(
+            "installed the leader's snapshot at index {index} ({} keys) in {} ms",
+            self.store.len(),
+            started.elapsed().as_millis()
+        );
+    }
+
+    /// Starts a compaction once the log has grown past its limit: a
+    /// thread copies the store (reads and writes go on) and writes it as
+    /// the data file; the loop then switches to it (see `compacted`).
+    fn maybe_compact(&mut self) {
+        let log = self.raw.store();
+        if self.compacting
+            || log.log_bytes() < self.max_log_bytes
+            || self.applied <= log.snapshot_index()
+            || self.compaction_retry.is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        let index = self.applied;
+        let Ok(term) = raft::Storage::term(log, index) else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let target = self.layout.snapshot_compact();
+        let events = self.shared.events.clone();
+        let installs = self.installs;
+        let spawned = std::thread::Builder::new()
+            .name("kvs-compaction".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let pairs = store.fuzzy_copy();
+                crate::storage::fault::crash_point("compaction:after-copy");
+                let event = match snapshot::write_atomic(&target, pairs.iter()) {
+                    Ok(saved) => Event::Compacted(Compacted {
+                        index,
+                        term,
+                        installs,
+                        keys: saved.records,
+                        bytes: saved.bytes,
+                        started,
+                    }),
+                    Err(e) => Event::CompactionFailed(e.to_string()),
+                };
+                let _ = events.send(event);
+            });
+        match spawned {
+            Ok(_) => {
+                self.compacting = true;
+                info!(
+                    "compaction begun: the Raft log is {} bytes; snapshotting at index {index}",
+                    log.log_bytes()
+                );
+            }
+            Err(e) => {
+                error!("cannot start a compaction thread: {e}");
+                self.compaction_retry = Some(Instant::now() + Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// Switches to the data file a compaction wrote and trims the log.
+    fn compacted(&mut self, done: Compacted) {
+        self.compacting = false;
+        let path = self.layout.snapshot_compact();
+        if done.installs != self.installs || done.index <= self.raw.store().snapshot_index() {
+            // A leader's snapshot replaced the store during the copy.
+            info!(
+                "compaction at index {} dropped: a newer snapshot was installed meanwhile",
+                done.index
+            );
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        let before = self.raw.store().log_bytes();
+        if let Err(e) = self.raw.mut_store().adopt_snapshot(
+            &path,
+            done.index,
+            done.term,
+            SnapshotSource::Compaction,
+        ) {
+            fatal(&format!("cannot switch to the compacted snapshot: {e}"));
+        }
+        info!(
+            "compaction done: snapshot at index {} ({} keys, {} bytes) in {} ms; the Raft log went from {before} to {} bytes",
+            done.index,
+            done.keys,
+            done.bytes,
+            done.started.elapsed().as_millis(),
+            self.raw.store().log_bytes()
+        );
+    }
+
     /// Applies committed entries to the store and answers their writers.
     fn apply(&mut self, entries: Vec<Entry>) {
         for entry in entries {
@@ -595,6 +1010,20 @@ impl Runner {
     /// Shows the handles the engine's state; on losing leadership, answers
     /// every write and read that can no longer be settled here.
     fn publish(&mut self) {
+        let holding = self.holding();
+        // A hand-off is over once another member leads, this one knows
+        // which, and every write it proposed is settled: until then it
+        // must go on taking the new leader's messages, which carry the
+        // commits of those writes.
+        if self.hand_off.is_some()
+            && (!holding || self.holding_until.is_none())
+            && self.raw.raft.state != StateRole::Leader
+            && self.writes.is_empty()
+            && self.proposals.is_empty()
+            && let Some(done) = self.hand_off.take()
+        {
+            let _ = done.send(());
+        }
         let raft = &self.raw.raft;
         let state = State {
             role: match raft.state {
@@ -607,6 +1036,7 @@ impl Runner {
             vote: raft.vote,
             commit: raft.raft_log.committed,
             applied: self.applied,
+            holding,
         };
         if state == self.published {
             return;
@@ -625,12 +1055,11 @@ impl Runner {
         *self.shared.state.write().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
+    /// Answers what only a leader can settle. Writes already proposed stay
+    /// waiting: the next leader may still commit them, and applying the
+    /// entry at their index settles them either way (or the commit
+    /// timeout does).
     fn lost_leadership(&mut self) {
-        for (_, (_, done)) in std::mem::take(&mut self.writes) {
-            let _ = done.send(Err(Refused::Unknown(
-                "leadership was lost before the write was committed",
-            )));
-        }
         let reads = std::mem::take(&mut self.reads_in_flight)
             .into_values()
             .chain(

@@ -41,7 +41,8 @@ pub enum Family {
     AppendEntries,
     /// `/raft/request-vote`: votes and pre-votes.
     RequestVote,
-    /// `/raft/install-snapshot`: a whole state machine snapshot.
+    /// `/raft/install-snapshot`: a snapshot's position, once its data
+    /// has gone to `/raft/snapshot-chunk`.
     InstallSnapshot,
     /// `/raft/message`: answers to the above, and the engine's other
     /// messages (leadership transfer, forwarded reads).
@@ -115,14 +116,31 @@ struct WireEntry {
     context: String,
 }
 
+/// A snapshot's position. Its data travels before it, in chunks.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireSnapshot {
     index: u64,
     term: u64,
     members: Vec<String>,
-    /// The data file's text (§3 format).
-    data: String,
+}
+
+/// One piece of a snapshot's data file, posted to
+/// `/raft/snapshot-chunk` in order before the snapshot message itself.
+/// Chunks end at line ends, so each is valid UTF-8 on its own.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotChunk {
+    /// The sender's ID.
+    pub from: String,
+    /// The log index the snapshot stands at.
+    pub index: u64,
+    /// Where in the data file this piece starts.
+    pub offset: u64,
+    /// Whether this is the last piece.
+    pub last: bool,
+    /// Whole lines of the data file.
+    pub data: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -232,7 +250,6 @@ fn to_wire(m: &Message, members: &Members) -> Result<WireMessage, WireError> {
                 .iter()
                 .map(|&n| id(n, members))
                 .collect::<Result<_, _>>()?,
-            data: text(&s.data)?,
         }),
         _ => None,
     };
@@ -309,7 +326,6 @@ fn from_wire(w: WireMessage, members: &Members) -> Result<Message, WireError> {
             .map(|id| node(id, members))
             .collect::<Result<Vec<_>, _>>()?;
         meta.set_conf_state(ConfState::from((voters, vec![])));
-        snapshot.data = Bytes::from(s.data);
         m.set_snapshot(snapshot);
     }
     Ok(m)

@@ -95,6 +95,7 @@ fn run_single(
         Arc::clone(&store),
         backend,
         config,
+        signals.nth(1),
         &signals,
     );
     // Connections that outlived the drain are dropped here, unanswered.
@@ -152,17 +153,31 @@ fn run_member(
         store: Arc::clone(&store),
         applied,
         commit_timeout: args.commit_timeout,
+        layout: layout.clone(),
+        max_log_bytes: args.wal_max_bytes,
     };
     let (node, running) = Node::start(start, runtime.handle()).map_err(|error| Error::Startup {
         what: "starting the Raft node",
         error,
     })?;
+    // At the first signal a leader first hands its leadership over, while
+    // it still answers requests (with redirects to the new leader), so a
+    // rolling restart costs clients no election timeout.
+    let hand_off = {
+        let node = node.clone();
+        let first = signals.nth(1);
+        async move {
+            first.await;
+            node.hand_off(HAND_OFF_LIMIT).await;
+        }
+    };
     let served = serve(
         &runtime,
         addr,
         store,
         Backend::Cluster(node),
         config,
+        hand_off,
         &signals,
     );
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -174,6 +189,11 @@ fn run_member(
     Ok(())
 }
 
+/// How long a leader's hand-off at shutdown may take: the transfer itself
+/// (which the engine abandons after an election timeout), then the commit
+/// of the writes it had proposed, by the new leader.
+const HAND_OFF_LIMIT: Duration = Duration::from_secs(3);
+
 fn build_runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -184,28 +204,22 @@ fn build_runtime() -> Result<tokio::runtime::Runtime, Error> {
         })
 }
 
-/// Listens on `addr` and serves until the first signal, then drains.
+/// Listens on `addr` and serves until `shutdown` resolves, then drains (a
+/// second signal ends the wait).
 fn serve(
     runtime: &tokio::runtime::Runtime,
     addr: SocketAddr,
     store: Arc<Store>,
     backend: Backend,
     config: &Config,
+    shutdown: impl std::future::Future<Output = ()>,
     signals: &Signals,
 ) -> Result<(), Error> {
     runtime.block_on(async {
         let listener = listen(addr).map_err(|error| Error::Listen { addr, error })?;
         let local = listener.local_addr().unwrap_or(addr);
         info!("listening on {local}");
-        server::run(
-            listener,
-            store,
-            backend,
-            config,
-            signals.nth(1),
-            signals.nth(2),
-        )
-        .await;
+        server::run(listener, store, backend, config, shutdown, signals.nth(2)).await;
         Ok(())
     })
 }

@@ -118,6 +118,10 @@ enum Route<'a> {
     ClusterHeal,
     /// `/raft/...`: messages between members.
     Raft,
+    /// `/raft/install-snapshot`: a snapshot message, once its data came.
+    RaftSnapshot,
+    /// `/raft/snapshot-chunk`: a piece of a snapshot's data.
+    RaftChunk,
     Unknown,
 }
 
@@ -128,10 +132,9 @@ fn route(path: &str) -> Route<'_> {
         "/cluster/info" => Route::ClusterInfo,
         "/cluster/partition" => Route::ClusterPartition,
         "/cluster/heal" => Route::ClusterHeal,
-        "/raft/append-entries"
-        | "/raft/request-vote"
-        | "/raft/install-snapshot"
-        | "/raft/message" => Route::Raft,
+        "/raft/append-entries" | "/raft/request-vote" | "/raft/message" => Route::Raft,
+        "/raft/install-snapshot" => Route::RaftSnapshot,
+        "/raft/snapshot-chunk" => Route::RaftChunk,
         _ => match path.strip_prefix("/kv/") {
             Some(raw_key) => Route::Kv(raw_key),
             None => Route::Unknown,
@@ -157,18 +160,27 @@ async fn handle<B: Buf>(
             _ => method_not_allowed(HEALTH_METHODS),
         },
         (Route::Unknown, _)
-        | (Route::ClusterInfo | Route::ClusterPartition | Route::ClusterHeal | Route::Raft, None) => {
-            text(StatusCode::NOT_FOUND, "not found\n")
-        }
+        | (
+            Route::ClusterInfo
+            | Route::ClusterPartition
+            | Route::ClusterHeal
+            | Route::Raft
+            | Route::RaftSnapshot
+            | Route::RaftChunk,
+            None,
+        ) => text(StatusCode::NOT_FOUND, "not found\n"),
         (Route::ClusterInfo, Some(node)) => match *method {
             Method::GET | Method::HEAD => json(StatusCode::OK, &node.info()),
             _ => method_not_allowed(INFO_METHODS),
         },
-        (Route::ClusterPartition | Route::ClusterHeal | Route::Raft, Some(_))
-            if method != Method::POST =>
-        {
-            method_not_allowed(POST_METHOD)
-        }
+        (
+            Route::ClusterPartition
+            | Route::ClusterHeal
+            | Route::Raft
+            | Route::RaftSnapshot
+            | Route::RaftChunk,
+            Some(_),
+        ) if method != Method::POST => method_not_allowed(POST_METHOD),
         (Route::ClusterPartition, Some(node)) => {
             let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
                 Ok(bytes) => bytes,
@@ -189,10 +201,27 @@ async fn handle<B: Buf>(
                 Ok(bytes) => bytes,
                 Err(response) => return response,
             };
-            match node.receive(&bytes) {
-                Ok(()) => text(StatusCode::OK, Bytes::new()),
-                Err(e @ ReceiveError::Wire(_)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            received(node.receive(&bytes))
+        }
+        (Route::RaftSnapshot | Route::RaftChunk, Some(node)) => {
+            let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
+                Ok(bytes) => bytes,
+                Err(response) => return response,
+            };
+            // Both write or read files: not on a worker thread.
+            let node = node.clone();
+            let chunk = request.path == "/raft/snapshot-chunk";
+            let done = tokio::task::spawn_blocking(move || {
+                if chunk {
+                    node.receive_chunk(&bytes)
+                } else {
+                    node.receive_snapshot(&bytes)
+                }
+            })
+            .await;
+            match done {
+                Ok(result) => received(result),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "receiving failed\n"),
             }
         }
         (Route::Clear | Route::Kv(_), Some(node))
@@ -311,6 +340,18 @@ fn refused(refusal: Refused, request: &Request<'_>, unknown: &str) -> Response {
             format!("{unknown}: {reason}\n"),
         ),
         Refused::ShuttingDown => text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n"),
+    }
+}
+
+/// The answer to a peer's post under `/raft/`.
+fn received(result: Result<(), ReceiveError>) -> Response {
+    match result {
+        Ok(()) => text(StatusCode::OK, Bytes::new()),
+        Err(e @ (ReceiveError::Wire(_) | ReceiveError::BadSnapshot(_))) => {
+            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+        }
+        Err(e @ ReceiveError::OutOfOrder(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 

@@ -36,6 +36,14 @@ const SNAPSHOT_META: &str = "snapshot.meta.json";
 /// The members a cluster member exchanges Raft messages with, while a
 /// test partition is in force.
 const PARTITION: &str = "partition.json";
+/// A snapshot a cluster member has decided to switch to: its position and
+/// which data file holds it. Written last, so its presence is the commit
+/// point of the switch (see `cluster::log_store`).
+const SNAPSHOT_NEXT: &str = "snapshot.next.json";
+/// The data file a cluster member's compaction is writing.
+const SNAPSHOT_COMPACT: &str = "snapshot.compact.jsonl";
+/// The data file a cluster member is receiving from its leader.
+const SNAPSHOT_INCOMING: &str = "snapshot.incoming.jsonl";
 
 #[derive(Debug, Error)]
 pub enum DataDirError {
@@ -104,6 +112,18 @@ impl Layout {
         self.root.join(PARTITION)
     }
 
+    pub fn snapshot_next(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_NEXT)
+    }
+
+    pub fn snapshot_compact(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_COMPACT)
+    }
+
+    pub fn snapshot_incoming(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_INCOMING)
+    }
+
     /// Whether the directory belongs to a cluster member.
     pub fn is_cluster_member(&self) -> bool {
         self.cluster().exists()
@@ -120,13 +140,16 @@ impl Layout {
 
     /// Every file that is only ever replaced whole, by temp file and
     /// rename: their temp files are leftovers of interrupted writes.
-    fn replaced_files(&self) -> [PathBuf; 5] {
+    fn replaced_files(&self) -> [PathBuf; 8] {
         [
             self.snapshot(),
             self.cluster(),
             self.raft_state(),
             self.snapshot_meta(),
             self.partition(),
+            self.snapshot_next(),
+            self.snapshot_compact(),
+            self.raft_log(),
         ]
     }
 

@@ -322,6 +322,13 @@ pub struct CountingWriter<W> {
     bytes: u64,
 }
 
+impl<W> CountingWriter<W> {
+    /// How many bytes were written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;

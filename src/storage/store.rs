@@ -344,7 +344,36 @@ impl Builder {
     }
 
     pub fn build(self) -> Store {
-        let store = Store::with_capacity(self.entries.len());
+        // The tables are built at their final size below.
+        let store = Store::default();
+        let shards = self.into_shards(&store);
+        shards
+            .into_par_iter()
+            .zip(store.shards.par_iter())
+            .for_each(|(entries, shard)| lock_write(shard).entries = entries);
+        store
+    }
+
+    /// Makes `store` hold exactly these pairs (a snapshot a cluster member
+    /// installs). The new tables are built before any lock is taken, and
+    /// every shard is swapped under one set of locks, so readers see the
+    /// old pairs or the new ones, never a mixture.
+    pub fn replace(self, store: &Store) {
+        let shards = self.into_shards(store);
+        let mut locked: Vec<_> = store.shards.iter().map(lock_write).collect();
+        let old: Vec<_> = locked
+            .iter_mut()
+            .zip(shards)
+            .map(|(shard, entries)| std::mem::replace(&mut shard.entries, entries))
+            .collect();
+        drop(locked);
+        // Freeing the old pairs takes a while; do it outside the locks.
+        drop(old);
+    }
+
+    /// The pairs as `store`'s shard tables, the later of equal keys kept
+    /// and deletions applied.
+    fn into_shards(self, store: &Store) -> Vec<HashSet<Entry>> {
         // Sort entries into their shards (keeping file order within each),
         // then fill the shards in parallel: inserting is most of the time a
         // load takes, and nothing else runs while the server loads.
@@ -356,21 +385,21 @@ impl Builder {
         }
         by_shard
             .into_par_iter()
-            .zip(store.shards.par_iter())
-            .for_each(|(entries, shard)| {
-                let mut shard = lock_write(shard);
+            .map(|entries| {
+                let mut set = HashSet::with_capacity(per_shard);
                 for entry in entries {
                     if entry.value().is_empty() {
                         // A deletion recorded by `Builder::delete`.
-                        shard.entries.remove(entry.key());
+                        set.remove(entry.key());
                     } else {
                         // `replace`, not `insert`: the later of two equal
                         // keys wins.
-                        shard.entries.replace(entry);
+                        set.replace(entry);
                     }
                 }
-            });
-        store
+                set
+            })
+            .collect()
     }
 }
 
@@ -400,6 +429,21 @@ mod tests {
         store.put("b", "x");
         store.clear();
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn replace_swaps_in_exactly_the_new_pairs() {
+        let store = Store::default();
+        store.put("old", "1");
+        store.put("kept", "old");
+        let mut b = Builder::new();
+        b.push("kept", "new");
+        b.push("fresh", "2");
+        b.replace(&store);
+        assert_eq!(
+            pairs(&store),
+            [("fresh", "2"), ("kept", "new")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
     }
 
     #[test]

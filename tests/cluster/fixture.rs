@@ -80,6 +80,8 @@ pub struct Member {
     /// Everything it logged on stderr, over all its lives.
     log: Arc<Mutex<String>>,
     lives: Mutex<usize>,
+    /// Extra environment for its next lives (such as `KVS_CRASH_AT`).
+    env: Mutex<Vec<(String, String)>>,
     _dir: tempfile::TempDir,
 }
 
@@ -173,7 +175,27 @@ impl Cluster {
         Cluster::start_as(Form::Clstr, n, extra_args)
     }
 
+    /// `n` members in the lsfr form of which only those not in `absent`
+    /// are started: the others are down from the start, their
+    /// directories empty, until `restart`.
+    pub fn start_without(n: usize, absent: &[usize], extra_args: &[&str]) -> Cluster {
+        let cluster = Cluster::create(Form::Lsfr, n, extra_args);
+        let present: Vec<usize> = cluster
+            .all()
+            .into_iter()
+            .filter(|i| !absent.contains(i))
+            .collect();
+        cluster.start_members(&present);
+        cluster
+    }
+
     fn start_as(form: Form, n: usize, extra_args: &[&str]) -> Cluster {
+        let cluster = Cluster::create(form, n, extra_args);
+        cluster.start_members(&cluster.all());
+        cluster
+    }
+
+    fn create(form: Form, n: usize, extra_args: &[&str]) -> Cluster {
         let guard = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -188,18 +210,17 @@ impl Cluster {
                     child: Mutex::new(None),
                     log: Arc::default(),
                     lives: Mutex::new(0),
+                    env: Mutex::default(),
                     _dir: dir,
                 }
             })
             .collect();
-        let cluster = Cluster {
+        Cluster {
             members,
             form,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _one_at_a_time: guard,
-        };
-        cluster.start_members(&cluster.all());
-        cluster
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -269,7 +290,18 @@ impl Cluster {
             }
         }
         command.args(&self.extra_args);
+        command.envs(member.env.lock().unwrap().iter().cloned());
         command
+    }
+
+    /// Sets the extra environment of member `i`'s next lives (empty:
+    /// none), such as `KVS_CRASH_AT`, which the test build's crash points
+    /// obey.
+    pub fn set_env(&self, i: usize, env: &[(&str, &str)]) {
+        *self.members[i].env.lock().unwrap() = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Starts every member in `which` (all at once, as an operator

@@ -9,8 +9,10 @@ mod common;
 mod fixture;
 
 mod clstr_env;
+mod compaction;
 mod durability;
 mod election;
+mod handoff;
 mod linearizable;
 mod mode;
 mod offline;
