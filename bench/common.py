@@ -46,7 +46,7 @@ def need(tool, package):
     print(f"installing {package} (for {tool}) from Debian's packages...", file=sys.stderr)
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
-    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", tool], check=True)
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", package], check=True)
 
 
 def write_data_file(path, keys, value_bytes=100, prefix="key-"):
