@@ -5,14 +5,19 @@
 //! `wire` (the engine's messages as JSON), `network` (posting them to
 //! peers), `partition` (the test partition filter), `log_store` (the Raft
 //! log, term and vote on disk), `state_machine` (applying entries to the
-//! store), `node` (the loop that drives the engine, and its handle) and
-//! `logger` (the engine's log lines into ours).
+//! store), `node` (a member's handle, as the HTTP layer sees it),
+//! `raft_loop` (the thread that drives the engine), `compaction` (trimming
+//! the log), `transfer` (receiving a leader's snapshot) and `logger` (the
+//! engine's log lines into ours).
 
+pub mod compaction;
 pub mod log_store;
 pub mod logger;
 pub mod members;
 pub mod network;
 pub mod node;
 pub mod partition;
+pub mod raft_loop;
 pub mod state_machine;
+pub mod transfer;
 pub mod wire;

@@ -1,0 +1,168 @@
+//! Receiving a leader's snapshot (SPEC §6: a member too far behind gets
+//! the leader's snapshot, then follows the log).
+//!
+//! The data comes first, in chunks of whole lines, into
+//! `snapshot.incoming.jsonl`; then the engine's snapshot message, which
+//! carries only a position. The data is loaded and checked before the
+//! engine sees the message, so the engine never takes a snapshot whose
+//! data is bad or missing; if it takes it, the loop installs it durably
+//! (through the log store's commit point) and then in memory. The sending
+//! side is `network`. This module must never write outside the incoming
+//! file, except through the log store.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::time::Instant;
+
+use raft::eraftpb::MessageType;
+use tracing::info;
+
+use crate::cluster::log_store::SnapshotSource;
+use crate::cluster::node::{Event, Node, ReceiveError};
+use crate::cluster::raft_loop::{Runner, fatal};
+use crate::cluster::wire::{SnapshotChunk, WireError};
+use crate::storage::snapshot;
+use crate::storage::store::Builder;
+
+/// A snapshot transfer under way into `snapshot.incoming.jsonl`.
+pub(super) struct Incoming {
+    from: u64,
+    index: u64,
+    /// Bytes written so far: where the next chunk must start.
+    written: u64,
+    /// Whether the last chunk arrived (and the file is synced).
+    complete: bool,
+}
+
+impl Node {
+    /// Takes one chunk of a snapshot's data (`POST /raft/snapshot-chunk`).
+    /// Blocking: it writes and, at the last chunk, fsyncs.
+    pub fn receive_chunk(&self, body: &[u8]) -> Result<(), ReceiveError> {
+        let chunk: SnapshotChunk = serde_json::from_slice(body).map_err(WireError::from)?;
+        let from = self
+            .shared
+            .members
+            .node_of(&chunk.from)
+            .ok_or_else(|| WireError::UnknownMember(chunk.from.clone()))?;
+        if !self.shared.partition.allows(from) {
+            return Err(ReceiveError::Partitioned);
+        }
+        let path = self.shared.layout.snapshot_incoming();
+        let mut incoming = self
+            .shared
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut file = if chunk.offset == 0 {
+            *incoming = Some(Incoming {
+                from,
+                index: chunk.index,
+                written: 0,
+                complete: false,
+            });
+            File::create(&path).map_err(ReceiveError::Disk)?
+        } else {
+            match incoming.as_ref() {
+                Some(i)
+                    if i.from == from
+                        && i.index == chunk.index
+                        && i.written == chunk.offset
+                        && !i.complete => {}
+                _ => {
+                    return Err(ReceiveError::OutOfOrder(format!(
+                        "offset {} of the snapshot at index {} from {}",
+                        chunk.offset, chunk.index, chunk.from
+                    )));
+                }
+            }
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(ReceiveError::Disk)?
+        };
+        file.write_all(chunk.data.as_bytes())
+            .map_err(ReceiveError::Disk)?;
+        if chunk.last {
+            file.sync_all().map_err(ReceiveError::Disk)?;
+        }
+        if let Some(i) = incoming.as_mut() {
+            i.written += chunk.data.len() as u64;
+            i.complete = chunk.last;
+        }
+        Ok(())
+    }
+
+    /// Takes a leader's snapshot message (`POST /raft/install-snapshot`)
+    /// once its data has arrived: loads and checks the data, then hands
+    /// both to the loop, which installs them if the engine accepts the
+    /// snapshot. Blocking: it reads the whole data file.
+    pub fn receive_snapshot(&self, body: &[u8]) -> Result<(), ReceiveError> {
+        for message in self.decode(body)? {
+            if message.get_msg_type() != MessageType::MsgSnapshot {
+                self.shared
+                    .events
+                    .send(Event::Raft(vec![message]))
+                    .map_err(|_| ReceiveError::ShuttingDown)?;
+                continue;
+            }
+            let index = message.get_snapshot().get_metadata().index;
+            let received = self
+                .shared
+                .incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            match received {
+                Some(i) if i.from == message.from && i.index == index && i.complete => {}
+                _ => {
+                    return Err(ReceiveError::OutOfOrder(format!(
+                        "the snapshot at index {index} came before all of its data"
+                    )));
+                }
+            }
+            let mut data = Builder::new();
+            snapshot::read_file(&self.shared.layout.snapshot_incoming(), |key, value| {
+                data.push(key, value)
+            })
+            .map_err(ReceiveError::BadSnapshot)?;
+            self.shared
+                .events
+                .send(Event::Snapshot {
+                    message,
+                    data: Box::new(data),
+                })
+                .map_err(|_| ReceiveError::ShuttingDown)?;
+        }
+        Ok(())
+    }
+}
+
+impl Runner {
+    /// Installs the leader's snapshot the engine just took: durably first,
+    /// then in memory.
+    pub(super) fn install_snapshot(&mut self, index: u64, term: u64) {
+        let Some((received, data)) = self.install.take() else {
+            fatal("the engine took a snapshot whose data never arrived");
+        };
+        if received != index {
+            fatal("the engine took a snapshot other than the one received");
+        }
+        let started = Instant::now();
+        let incoming = self.layout.snapshot_incoming();
+        if let Err(e) =
+            self.raw
+                .mut_store()
+                .adopt_snapshot(&incoming, index, term, SnapshotSource::Leader)
+        {
+            fatal(&format!("cannot install the leader's snapshot: {e}"));
+        }
+        data.replace(&self.store);
+        self.applied = index;
+        self.installs += 1;
+        info!(
+            "installed the leader's snapshot at index {index} ({} keys) in {} ms",
+            self.store.len(),
+            started.elapsed().as_millis()
+        );
+    }
+}
