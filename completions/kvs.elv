@@ -36,7 +36,7 @@ set edit:completion:arg-completer[kvs] = {|@words|
             cand --shutdown-timeout 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)'
             cand --max-value-bytes 'Largest value accepted by PUT, in bytes; larger ones get 413'
             cand --fsync 'When logged writes reach the disk: `always` fsyncs before each acknowledgement (concurrent writes share one fsync), so nothing acknowledged is lost even on power loss; `periodic` fsyncs at least once a second, surviving a crash of the process but losing up to a second of writes on power loss (single-node mode; a cluster member always fsyncs)'
-            cand --wal-max-bytes 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes'
+            cand --wal-max-bytes 'Fold the write-ahead log into the data file (a checkpoint) when it grows past this many bytes; in a cluster, snapshot the store and trim the Raft log (a compaction) when it does'
             cand --peers 'The cluster''s members, comma-separated HOST:PORT or :PORT (meaning 127.0.0.1:PORT); listing this member too is allowed. Empty or unset: a single node'
             cand --addr 'This member''s address and ID in the cluster, HOST:PORT, as the other members reach it [default: BIND:PORT]'
             cand --commit-timeout 'How long a cluster write may wait to be committed on a majority (and a read to have leadership confirmed) before it is answered 503'

@@ -100,7 +100,8 @@ pub struct ServeArgs {
     pub fsync: FsyncPolicy,
 
     /// Fold the write-ahead log into the data file (a checkpoint) when it
-    /// grows past this many bytes
+    /// grows past this many bytes; in a cluster, snapshot the store and
+    /// trim the Raft log (a compaction) when it does
     #[arg(long, default_value_t = DEFAULT_WAL_MAX_BYTES, value_name = "BYTES")]
     pub wal_max_bytes: u64,
 
