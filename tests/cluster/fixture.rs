@@ -6,7 +6,6 @@
 //! so a failing test never leaves a process behind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -342,23 +341,7 @@ impl Cluster {
             .expect("spawn kvs");
         let stderr = child.stderr.take().unwrap();
         *slot = Some(child);
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::clone(&member.log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
-                    if let Ok(addr) = addr.parse::<SocketAddr>() {
-                        let _ = tx.send(addr);
-                    }
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        rx
+        crate::common::capture_log(stderr, Arc::clone(&member.log))
     }
 
     fn wait_listening(&self, i: usize, listening: mpsc::Receiver<SocketAddr>) {

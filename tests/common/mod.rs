@@ -28,6 +28,30 @@ pub struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// Appends every line a server writes on `stderr` to `log`, on a thread
+/// of its own, and sends the address it logs `listening on`.
+pub fn capture_log(
+    stderr: std::process::ChildStderr,
+    log: Arc<Mutex<String>>,
+) -> mpsc::Receiver<SocketAddr> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let addr = addr.split_whitespace().next().unwrap_or_default();
+                if let Ok(addr) = addr.parse::<SocketAddr>() {
+                    let _ = tx.send(addr);
+                }
+            }
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    rx
+}
+
 /// How a server process ended.
 pub struct Exit {
     pub status: ExitStatus,
@@ -91,23 +115,9 @@ impl Server {
             .spawn()
             .expect("spawn kvs");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
+
         let stderr = child.stderr.take().unwrap();
-        let log_writer = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
-                    if let Ok(addr) = addr.parse::<SocketAddr>() {
-                        let _ = tx.send(addr);
-                    }
-                }
-                let mut log = log_writer.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let rx = capture_log(stderr, Arc::clone(&log));
         loop {
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(addr) => {
