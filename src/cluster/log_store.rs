@@ -54,7 +54,7 @@ pub enum LogStoreError {
         stored: String,
         given: String,
     },
-    #[error("cannot read the Raft log: {0} (the file was left untouched)")]
+    #[error("cannot read the Raft log: {0}")]
     Log(ReadError),
     #[error("cannot read {}: {reason}; fix or restore that file (it was left untouched)", path.display())]
     BadFile { path: PathBuf, reason: String },
@@ -191,7 +191,7 @@ impl LogStore {
     /// file and line, and nothing is changed.
     pub fn open(layout: &Layout, members: Arc<Members>) -> Result<LogStore, LogStoreError> {
         check_members(layout, &members)?;
-        finish_switch(layout)?;
+        finish_switch(layout, true)?;
         remove_leftovers(layout)?;
         let state: Option<StateFile> = read_json(&layout.raft_state())?;
         let snapshot: SnapshotMeta = read_json(&layout.snapshot_meta())?.unwrap_or_default();
@@ -316,7 +316,7 @@ impl LogStore {
             out.write_all(b"\n")
         })?;
         crate::storage::fault::crash_point("snapshot-switch:after-commit-point");
-        finish_switch(&self.layout)?;
+        finish_switch(&self.layout, false)?;
         crate::storage::fault::crash_point("snapshot-switch:after-switch");
         let keep_from = match source {
             SnapshotSource::Compaction => {
@@ -542,13 +542,16 @@ fn entry_line(out: &mut Vec<u8>, entry: &Entry) {
 }
 
 /// Rolls a decided switch to a snapshot forward (see the module docs).
-fn finish_switch(layout: &Layout) -> Result<(), LogStoreError> {
+/// At start its data file may already be in place (a crash came after the
+/// rename); while the member runs it must be there.
+fn finish_switch(layout: &Layout, at_start: bool) -> Result<(), LogStoreError> {
     let io = |path: PathBuf| move |error| LogStoreError::Io { path, error };
     if let Some(next) = read_json::<NextFile>(&layout.snapshot_next())? {
         let data = layout.root().join(&next.data);
-        if data.exists() {
-            std::fs::rename(&data, layout.snapshot()).map_err(io(data.clone()))?;
-            snapshot::sync_dir(&layout.snapshot()).map_err(io(layout.snapshot()))?;
+        match std::fs::rename(&data, layout.snapshot()) {
+            Ok(()) => snapshot::sync_dir(&layout.snapshot()).map_err(io(layout.snapshot()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && at_start => {}
+            Err(error) => return Err(LogStoreError::Io { path: data, error }),
         }
         let meta = SnapshotMeta {
             index: next.index,
@@ -568,7 +571,17 @@ fn finish_switch(layout: &Layout) -> Result<(), LogStoreError> {
 /// a compaction or a transfer that a crash cut short. Only at start: while
 /// the member runs, one may be being written.
 fn remove_leftovers(layout: &Layout) -> Result<(), LogStoreError> {
-    for leftover in [layout.snapshot_compact(), layout.snapshot_incoming()] {
+    let mut leftovers = vec![layout.snapshot_compact(), layout.snapshot_incoming()];
+    let listing = std::fs::read_dir(layout.root()).map_err(|error| LogStoreError::Io {
+        path: layout.root().to_owned(),
+        error,
+    })?;
+    for entry in listing.flatten() {
+        if Layout::is_snapshot_received(&entry.file_name().to_string_lossy()) {
+            leftovers.push(entry.path());
+        }
+    }
+    for leftover in leftovers {
         match std::fs::remove_file(&leftover) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -626,16 +639,47 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(
         })
 }
 
-/// Reads a member's committed state without the server: calls `pair` with
-/// every pair of the snapshot, then `op` with every committed operation of
-/// the log, in order. A torn last line is skipped, never cut off.
+/// One piece of a member's committed state, in replay order.
+pub enum Committed<'a> {
+    /// A pair of the snapshot.
+    Pair(&'a str, &'a str),
+    /// A committed operation of the log, after every pair.
+    Op(Op<'a>),
+}
+
+/// Reads a member's committed state without the server: every pair of the
+/// snapshot, then every committed operation of the log, in order. A
+/// decided switch to a newer snapshot that a crash cut short counts as
+/// done, as the next start will make it; a torn last line is skipped,
+/// never cut off. Files a running member replaces meanwhile can mix two
+/// moments: the caller checks their identities and reads again.
 pub fn read_committed(
     layout: &Layout,
-    mut pair: impl FnMut(&str, &str),
-    mut op: impl FnMut(Op<'_>),
+    mut each: impl FnMut(Committed<'_>),
 ) -> Result<(), LogStoreError> {
-    let meta: SnapshotMeta = read_json(&layout.snapshot_meta())?.unwrap_or_default();
-    snapshot::read_file(&layout.snapshot(), &mut pair).map_err(LogStoreError::Log)?;
+    let (data, meta) = match read_json::<NextFile>(&layout.snapshot_next())? {
+        Some(next) => {
+            let pending = layout.root().join(&next.data);
+            let data = if pending.exists() {
+                pending
+            } else {
+                layout.snapshot()
+            };
+            (
+                data,
+                SnapshotMeta {
+                    index: next.index,
+                    term: next.term,
+                },
+            )
+        }
+        None => (
+            layout.snapshot(),
+            read_json(&layout.snapshot_meta())?.unwrap_or_default(),
+        ),
+    };
+    snapshot::read_file(&data, |key, value| each(Committed::Pair(key, value)))
+        .map_err(LogStoreError::Log)?;
     // Two passes: the commit lines come after the entries they cover.
     let mut commit = meta.index;
     wal::read_log(&layout.raft_log(), TornTail::Skip, |line, _| {
@@ -654,12 +698,24 @@ pub fn read_committed(
             && index > meta.index
             && index <= commit
         {
-            op(wal::parse_record(json.as_bytes()).map_err(LineError::Unparsable)?);
+            let op = wal::parse_record(json.as_bytes()).map_err(LineError::Unparsable)?;
+            each(Committed::Op(op));
         }
         Ok(())
     })
     .map_err(LogStoreError::Log)?;
     Ok(())
+}
+
+/// The files that make up a member's committed state, for readers that
+/// must notice a running member replacing them.
+pub fn committed_files(layout: &Layout) -> [PathBuf; 4] {
+    [
+        layout.snapshot(),
+        layout.snapshot_meta(),
+        layout.snapshot_next(),
+        layout.raft_log(),
+    ]
 }
 
 #[cfg(test)]
@@ -757,7 +813,12 @@ mod tests {
         store.set_commit(2).unwrap();
         store.sync().unwrap();
         let mut ops = Vec::new();
-        read_committed(&layout, |_, _| {}, |op| ops.push(op.into_owned())).unwrap();
+        read_committed(&layout, |item| {
+            if let Committed::Op(op) = item {
+                ops.push(op.into_owned());
+            }
+        })
+        .unwrap();
         assert_eq!(ops.len(), 1);
         assert_eq!(serde_json::to_string(&ops[0]).unwrap(), SET_A);
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use raft::eraftpb::{Message, MessageType};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc as tokio_mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
 use crate::cluster::members::Members;
@@ -56,6 +57,8 @@ pub struct Network {
     /// One queue per engine node number (index 0 unused; this member's own
     /// slot is `None`).
     peers: Vec<Option<tokio_mpsc::Sender<Message>>>,
+    /// Where to tell the loop about messages dropped here.
+    events: mpsc::Sender<Event>,
 }
 
 impl Network {
@@ -68,6 +71,9 @@ impl Network {
         events: mpsc::Sender<Event>,
     ) -> Network {
         let client = reqwest::Client::builder()
+            // Members talk to each other directly, whatever proxy the
+            // environment names for other traffic.
+            .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -80,20 +86,23 @@ impl Network {
                 continue;
             }
             let (tx, rx) = tokio_mpsc::channel(QUEUE);
-            let peer = Peer {
+            let link = Link {
                 node,
                 base: format!("http://{}", members.id_of(node).expect("a member")),
                 client: client.clone(),
                 members: Arc::clone(&members),
-                partition: Arc::clone(&partition),
                 events: events.clone(),
+            };
+            let peer = Peer {
+                link,
+                partition: Arc::clone(&partition),
                 snapshot: snapshot.clone(),
                 reachable: true,
             };
             runtime.spawn(peer.run(rx));
             peers.push(Some(tx));
         }
-        Network { peers }
+        Network { peers, events }
     }
 
     /// Queues messages for their peers. Never blocks.
@@ -102,8 +111,12 @@ impl Network {
             let queue = self.peers.get(message.to as usize).and_then(Option::as_ref);
             match queue {
                 Some(queue) => {
-                    if queue.try_send(message).is_err() {
-                        debug!("queue to a peer is full; dropping a message (Raft resends)");
+                    if let Err(full) = queue.try_send(message) {
+                        debug!("queue to a peer is full; dropping a message");
+                        let message = match full {
+                            TrySendError::Full(m) | TrySendError::Closed(m) => m,
+                        };
+                        report_dropped(&self.events, &message);
                     }
                 }
                 None => warn!("dropping a message to node {}, not a peer", message.to),
@@ -112,14 +125,76 @@ impl Network {
     }
 }
 
-struct Peer {
+/// Tells the engine about a message that never left: Raft resends what
+/// was lost, but only once it knows that a snapshot failed (until then
+/// the peer counts as busy taking it) or that the peer could not be
+/// reached (so that it probes instead of streaming into the void).
+fn report_dropped(events: &mpsc::Sender<Event>, message: &Message) {
+    let event = match message.get_msg_type() {
+        MessageType::MsgSnapshot => {
+            Event::SnapshotStatus(message.to, raft::SnapshotStatus::Failure)
+        }
+        MessageType::MsgAppend => Event::Unreachable(message.to),
+        _ => return,
+    };
+    let _ = events.send(event);
+}
+
+/// What it takes to post to one peer.
+#[derive(Clone)]
+struct Link {
     node: u64,
     /// `http://HOST:PORT`.
     base: String,
     client: reqwest::Client,
     members: Arc<Members>,
-    partition: Arc<Partition>,
     events: mpsc::Sender<Event>,
+}
+
+impl Link {
+    fn peer(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Posts messages of one family; says whether the peer took them.
+    async fn post(&self, family: Family, run: &[Message]) -> bool {
+        let body = match wire::encode(run, &self.members) {
+            Ok(body) => body,
+            Err(e) => {
+                warn!("cannot encode a message for {}: {e}", self.peer());
+                return false;
+            }
+        };
+        let timeout = if family == Family::InstallSnapshot {
+            SNAPSHOT_TIMEOUT
+        } else {
+            RPC_TIMEOUT
+        };
+        let sent = self
+            .client
+            .post(format!("{}{}", self.base, family.path()))
+            .header("content-type", "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => true,
+            Ok(response) => {
+                debug!("{} answered {}", self.peer(), response.status());
+                false
+            }
+            Err(e) => {
+                debug!("cannot post to {}: {e}", self.peer());
+                false
+            }
+        }
+    }
+}
+
+struct Peer {
+    link: Link,
+    partition: Arc<Partition>,
     /// This member's data file, streamed with a snapshot message.
     snapshot: PathBuf,
     /// Whether the last post went through, so that a peer going away or
@@ -138,17 +213,22 @@ impl Peer {
                     Err(_) => break,
                 }
             }
-            if self.partition.allows(self.node) {
+            if self.partition.allows(self.link.node) {
                 self.post_all(&batch).await;
             } else {
                 // As if the network dropped them.
+                for message in &batch {
+                    report_dropped(&self.link.events, message);
+                }
                 self.report(false);
             }
             batch.clear();
         }
     }
 
-    /// Posts the batch in runs of one family, in order.
+    /// Posts the batch in runs of one family, in order. A snapshot goes on
+    /// a task of its own: streaming it takes a while, and heartbeats and
+    /// appends must not wait behind it.
     async fn post_all(&mut self, batch: &[Message]) {
         let mut start = 0;
         while start < batch.len() {
@@ -160,52 +240,95 @@ impl Peer {
             let run = &batch[start..end];
             if family == Family::InstallSnapshot {
                 for message in run {
-                    let delivered = self.send_snapshot(message).await;
-                    let status = if delivered {
-                        raft::SnapshotStatus::Finish
-                    } else {
-                        raft::SnapshotStatus::Failure
+                    let sender = SnapshotSender {
+                        link: self.link.clone(),
+                        data: self.snapshot.clone(),
                     };
-                    let _ = self.events.send(Event::SnapshotStatus(self.node, status));
+                    tokio::spawn(sender.send(message.clone()));
                 }
             } else {
-                self.post(family, run).await;
+                let delivered = self.link.post(family, run).await;
+                if !delivered
+                    && run
+                        .iter()
+                        .any(|m| m.get_msg_type() == MessageType::MsgAppend)
+                {
+                    // Lets the engine fall back to probing this peer instead
+                    // of streaming entries into the void.
+                    let _ = self.link.events.send(Event::Unreachable(self.link.node));
+                }
+                self.report(delivered);
             }
             start = end;
         }
     }
 
-    /// Streams the data file, then posts the snapshot message.
-    async fn send_snapshot(&mut self, message: &Message) -> bool {
+    fn report(&mut self, delivered: bool) {
+        if delivered != self.reachable {
+            self.reachable = delivered;
+            if delivered {
+                info!("peer {} is reachable again", self.link.peer());
+            } else {
+                info!(
+                    "peer {} is unreachable; its messages are dropped until it answers",
+                    self.link.peer()
+                );
+            }
+        }
+    }
+}
+
+/// Sends one snapshot: the data file in chunks, then the message.
+struct SnapshotSender {
+    link: Link,
+    /// This member's data file, opened only now: it is at least as new as
+    /// the position the message names (see `log_store`).
+    data: PathBuf,
+}
+
+impl SnapshotSender {
+    async fn send(self, message: Message) {
         let started = std::time::Instant::now();
         let index = message.get_snapshot().get_metadata().index;
-        let sent = match self.stream_data(index).await {
-            Ok(bytes) => bytes,
+        let delivered = match self.stream_data(index).await {
+            Ok(bytes) => {
+                let delivered = self
+                    .link
+                    .post(Family::InstallSnapshot, std::slice::from_ref(&message))
+                    .await;
+                if delivered {
+                    info!(
+                        "sent the snapshot at index {index} ({bytes} bytes) to {} in {} ms",
+                        self.link.peer(),
+                        started.elapsed().as_millis()
+                    );
+                }
+                delivered
+            }
             Err(e) => {
                 warn!(
                     "cannot send the snapshot at index {index} to {}: {e}",
-                    self.peer()
+                    self.link.peer()
                 );
-                return false;
+                false
             }
         };
-        let delivered = self
-            .post(Family::InstallSnapshot, std::slice::from_ref(message))
-            .await;
-        if delivered {
-            info!(
-                "sent the snapshot at index {index} ({sent} bytes) to {} in {} ms",
-                self.peer(),
-                started.elapsed().as_millis()
-            );
-        }
-        delivered
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        let _ = self
+            .link
+            .events
+            .send(Event::SnapshotStatus(self.link.node, status));
     }
 
-    async fn stream_data(&mut self, index: u64) -> Result<u64, String> {
-        let file = tokio::fs::File::open(&self.snapshot)
+    /// Posts the data file in chunks of whole lines; returns its size.
+    async fn stream_data(&self, index: u64) -> Result<u64, String> {
+        let file = tokio::fs::File::open(&self.data)
             .await
-            .map_err(|e| format!("cannot open {}: {e}", self.snapshot.display()))?;
+            .map_err(|e| format!("cannot open {}: {e}", self.data.display()))?;
         let mut reader = tokio::io::BufReader::with_capacity(CHUNK_BYTES, file);
         let mut offset = 0u64;
         let mut piece = Vec::with_capacity(CHUNK_BYTES + 4096);
@@ -216,17 +339,17 @@ impl Peer {
                 let n = reader
                     .read_until(b'\n', &mut piece)
                     .await
-                    .map_err(|e| format!("cannot read {}: {e}", self.snapshot.display()))?;
+                    .map_err(|e| format!("cannot read {}: {e}", self.data.display()))?;
                 if n == 0 {
                     last = true;
                     break;
                 }
             }
             let data = String::from_utf8(std::mem::take(&mut piece))
-                .map_err(|_| format!("{} is not UTF-8", self.snapshot.display()))?;
+                .map_err(|_| format!("{} is not UTF-8", self.data.display()))?;
             let len = data.len() as u64;
             let chunk = SnapshotChunk {
-                from: self.members.me().to_owned(),
+                from: self.link.members.me().to_owned(),
                 index,
                 offset,
                 last,
@@ -234,8 +357,9 @@ impl Peer {
             };
             let body = serde_json::to_vec(&chunk).map_err(|e| e.to_string())?;
             let response = self
+                .link
                 .client
-                .post(format!("{}/raft/snapshot-chunk", self.base))
+                .post(format!("{}/raft/snapshot-chunk", self.link.base))
                 .header("content-type", "application/json")
                 .timeout(SNAPSHOT_TIMEOUT)
                 .body(body)
@@ -250,69 +374,6 @@ impl Peer {
             offset += len;
             if last {
                 return Ok(offset);
-            }
-        }
-    }
-
-    fn peer(&self) -> &str {
-        self.base.trim_start_matches("http://")
-    }
-
-    async fn post(&mut self, family: Family, run: &[Message]) -> bool {
-        let body = match wire::encode(run, &self.members) {
-            Ok(body) => body,
-            Err(e) => {
-                warn!("cannot encode a message for {}: {e}", self.base);
-                return false;
-            }
-        };
-        let timeout = if family == Family::InstallSnapshot {
-            SNAPSHOT_TIMEOUT
-        } else {
-            RPC_TIMEOUT
-        };
-        let sent = self
-            .client
-            .post(format!("{}{}", self.base, family.path()))
-            .header("content-type", "application/json")
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await;
-        let delivered = match sent {
-            Ok(response) if response.status().is_success() => true,
-            Ok(response) => {
-                debug!("{} answered {}", self.base, response.status());
-                false
-            }
-            Err(e) => {
-                debug!("cannot post to {}: {e}", self.base);
-                false
-            }
-        };
-        if !delivered
-            && run
-                .iter()
-                .any(|m| m.get_msg_type() == MessageType::MsgAppend)
-        {
-            // Lets the engine fall back to probing this peer instead of
-            // streaming entries into the void.
-            let _ = self.events.send(Event::Unreachable(self.node));
-        }
-        self.report(delivered);
-        delivered
-    }
-
-    fn report(&mut self, delivered: bool) {
-        if delivered != self.reachable {
-            self.reachable = delivered;
-            if delivered {
-                info!("peer {} is reachable again", self.peer());
-            } else {
-                info!(
-                    "peer {} is unreachable; its messages are dropped until it answers",
-                    self.peer()
-                );
             }
         }
     }

@@ -33,7 +33,7 @@ use crate::cluster::raft_loop;
 use crate::cluster::transfer::Incoming;
 use crate::cluster::wire::{self, WireError};
 use crate::storage::datadir::Layout;
-use crate::storage::store::{Builder, Store};
+use crate::storage::store::Store;
 use crate::storage::wal::Op;
 
 /// Where the loop sends a request's answer.
@@ -57,7 +57,7 @@ pub enum Event {
     /// A leader's snapshot message, its data received and loaded.
     Snapshot {
         message: Message,
-        data: Box<Builder>,
+        received: Box<crate::cluster::transfer::Received>,
     },
     /// A compaction wrote its data file.
     Compacted(compaction::Compacted),
@@ -93,8 +93,11 @@ pub enum ReceiveError {
     ShuttingDown,
     #[error("snapshot chunk out of order: {0}")]
     OutOfOrder(String),
-    #[error("cannot store the snapshot being received: {0}")]
-    Disk(std::io::Error),
+    #[error("cannot store the snapshot being received in {}: {error}", path.display())]
+    Disk {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
     #[error("the snapshot received is not a valid data file: {0}")]
     BadSnapshot(crate::storage::snapshot::ReadError),
 }

@@ -27,7 +27,7 @@ use crate::cluster::log_store::LogStore;
 use crate::cluster::network::Network;
 use crate::cluster::node::{Answer, Event, Refused, Role, Shared, State};
 use crate::cluster::{logger, state_machine};
-use crate::storage::store::{Builder, Store};
+use crate::storage::store::Store;
 
 /// One engine tick. Heartbeats go every 2 ticks (100 ms); the election
 /// timeout is 10 ticks (500 ms), randomized by the engine up to 20 ticks
@@ -105,7 +105,7 @@ pub(super) fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
         compacting: false,
         compaction_retry: None,
         installs: 0,
-        install: None,
+        received: Vec::new(),
         hand_off: None,
         holding_until: None,
     };
@@ -154,9 +154,9 @@ pub(super) struct Runner {
     pub(super) compaction_retry: Option<Instant>,
     /// How many leader snapshots were installed.
     pub(super) installs: u64,
-    /// A leader's snapshot stepped into the engine, with its data, until
-    /// the engine's `Ready` says whether it took it.
-    pub(super) install: Option<(u64, Box<Builder>)>,
+    /// Leaders' snapshots stepped into the engine, with their data, until
+    /// the engine's `Ready` says whether it took one.
+    pub(super) received: Vec<crate::cluster::transfer::Received>,
     /// Who waits for this member to stop leading.
     pub(super) hand_off: Option<oneshot::Sender<()>>,
     /// Until when requests are held during a hand-off (see `State`).
@@ -196,7 +196,7 @@ impl Runner {
             self.start_read_round();
             self.on_ready();
             // A snapshot the engine did not take in that `Ready` was stale.
-            self.install = None;
+            self.drop_untaken_snapshots();
             self.publish();
             self.maybe_compact();
             if stop {
@@ -221,11 +221,7 @@ impl Runner {
             }
             Event::Unreachable(node) => self.raw.report_unreachable(node),
             Event::SnapshotStatus(node, status) => self.raw.report_snapshot(node, status),
-            Event::Snapshot { message, data } => {
-                let index = message.get_snapshot().get_metadata().index;
-                self.install = Some((index, data));
-                let _ = self.raw.step(message);
-            }
+            Event::Snapshot { message, received } => self.offer_snapshot(message, *received),
             Event::Compacted(done) => self.compacted(done),
             Event::CompactionFailed(e) => {
                 error!("compaction failed: {e}; the Raft log keeps every entry, retrying in 10 s");
@@ -245,14 +241,18 @@ impl Runner {
     /// a log that forgot what it promised (nor with a vote it may have
     /// forgotten), so it stops with an error that says so.
     fn check_not_forgotten(&self, message: &Message) {
-        let log = &self.raw.raft.raft_log;
-        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > log.last_index()
+        let raft = &self.raw.raft;
+        // Only a leader of this term or a later one speaks for the
+        // cluster; an older one's message is the engine's to ignore.
+        if message.get_msg_type() == MessageType::MsgHeartbeat
+            && message.term >= raft.term
+            && message.commit > raft.raft_log.last_index()
         {
             fatal(&format!(
-                "the leader {} says entries through index {} are committed on this member, but its Raft log ends at index {}: this data directory lost entries this member had acknowledged (was it deleted or replaced?). Restore the directory from a backup, or rebuild the cluster with every member's directory empty",
+                "leader {} says index {} is committed here but this member's Raft log ends at {}, so its data directory lost what it had acknowledged; restore the directory from a backup or recreate the cluster",
                 self.shared.members.id_of(message.from).unwrap_or("?"),
                 message.commit,
-                log.last_index()
+                raft.raft_log.last_index()
             ));
         }
     }
@@ -343,7 +343,13 @@ impl Runner {
                 let term = self.raw.raft.term;
                 let first = self.raw.raft.raft_log.last_index() + 1 - count;
                 for (i, done) in waiting.into_iter().enumerate() {
-                    self.writes.insert(first + i as u64, (term, done));
+                    // An older write waiting at this index lost its entry
+                    // when this member's log was cut back.
+                    if let Some((_, lost)) = self.writes.insert(first + i as u64, (term, done)) {
+                        let _ = lost.send(Err(Refused::Unknown(
+                            "leadership changed before the write was committed",
+                        )));
+                    }
                 }
             }
             Err(e) => {

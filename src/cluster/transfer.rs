@@ -12,13 +12,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use raft::eraftpb::MessageType;
+use raft::eraftpb::{Message, MessageType};
 use tracing::info;
 
 use crate::cluster::log_store::SnapshotSource;
-use crate::cluster::node::{Event, Node, ReceiveError};
+use crate::cluster::node::{Event, Node, ReceiveError, Refused};
 use crate::cluster::raft_loop::{Runner, fatal};
 use crate::cluster::wire::{SnapshotChunk, WireError};
 use crate::storage::snapshot;
@@ -60,7 +61,10 @@ impl Node {
                 written: 0,
                 complete: false,
             });
-            File::create(&path).map_err(ReceiveError::Disk)?
+            File::create(&path).map_err(|e| ReceiveError::Disk {
+                path: path.clone(),
+                error: e,
+            })?
         } else {
             match incoming.as_ref() {
                 Some(i)
@@ -78,12 +82,21 @@ impl Node {
             OpenOptions::new()
                 .append(true)
                 .open(&path)
-                .map_err(ReceiveError::Disk)?
+                .map_err(|e| ReceiveError::Disk {
+                    path: path.clone(),
+                    error: e,
+                })?
         };
         file.write_all(chunk.data.as_bytes())
-            .map_err(ReceiveError::Disk)?;
+            .map_err(|e| ReceiveError::Disk {
+                path: path.clone(),
+                error: e,
+            })?;
         if chunk.last {
-            file.sync_all().map_err(ReceiveError::Disk)?;
+            file.sync_all().map_err(|e| ReceiveError::Disk {
+                path: path.clone(),
+                error: e,
+            })?;
         }
         if let Some(i) = incoming.as_mut() {
             i.written += chunk.data.len() as u64;
@@ -105,31 +118,47 @@ impl Node {
                     .map_err(|_| ReceiveError::ShuttingDown)?;
                 continue;
             }
-            let index = message.get_snapshot().get_metadata().index;
-            let received = self
-                .shared
-                .incoming
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            match received {
-                Some(i) if i.from == message.from && i.index == index && i.complete => {}
-                _ => {
-                    return Err(ReceiveError::OutOfOrder(format!(
-                        "the snapshot at index {index} came before all of its data"
-                    )));
+            let meta = message.get_snapshot().get_metadata();
+            let (index, term) = (meta.index, meta.term);
+            let layout = &self.shared.layout;
+            let path = layout.snapshot_received(index, term);
+            {
+                // Under the lock, so that no chunk of a next transfer can
+                // land in the file once it is complete.
+                let mut incoming = self
+                    .shared
+                    .incoming
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match incoming.take() {
+                    Some(i) if i.from == message.from && i.index == index && i.complete => {}
+                    _ => {
+                        return Err(ReceiveError::OutOfOrder(format!(
+                            "the snapshot at index {index} came before all of its data"
+                        )));
+                    }
                 }
+                std::fs::rename(layout.snapshot_incoming(), &path).map_err(|error| {
+                    ReceiveError::Disk {
+                        path: path.clone(),
+                        error,
+                    }
+                })?;
             }
             let mut data = Builder::new();
-            snapshot::read_file(&self.shared.layout.snapshot_incoming(), |key, value| {
-                data.push(key, value)
-            })
-            .map_err(ReceiveError::BadSnapshot)?;
+            snapshot::read_file(&path, |key, value| data.push(key, value))
+                .map_err(ReceiveError::BadSnapshot)?;
+            let received = Received {
+                index,
+                term,
+                path,
+                data,
+            };
             self.shared
                 .events
                 .send(Event::Snapshot {
                     message,
-                    data: Box::new(data),
+                    received: Box::new(received),
                 })
                 .map_err(|_| ReceiveError::ShuttingDown)?;
         }
@@ -137,27 +166,61 @@ impl Node {
     }
 }
 
+/// A leader's snapshot received whole, its data loaded and checked,
+/// waiting for the engine to take it (or not).
+pub struct Received {
+    pub(super) index: u64,
+    pub(super) term: u64,
+    /// Its own copy of the data file.
+    pub(super) path: PathBuf,
+    pub(super) data: Builder,
+}
+
 impl Runner {
+    /// Steps a received snapshot's message into the engine; the `Ready`
+    /// that follows says whether it took it.
+    pub(super) fn offer_snapshot(&mut self, message: Message, received: Received) {
+        self.received.push(received);
+        // A stale snapshot is the engine's to ignore.
+        let _ = self.raw.step(message);
+    }
+
+    /// Forgets the received snapshots the engine did not take.
+    pub(super) fn drop_untaken_snapshots(&mut self) {
+        for stale in self.received.drain(..) {
+            let _ = std::fs::remove_file(&stale.path);
+        }
+    }
+
     /// Installs the leader's snapshot the engine just took: durably first,
     /// then in memory.
     pub(super) fn install_snapshot(&mut self, index: u64, term: u64) {
-        let Some((received, data)) = self.install.take() else {
+        let Some(at) = self
+            .received
+            .iter()
+            .position(|r| r.index == index && r.term == term)
+        else {
             fatal("the engine took a snapshot whose data never arrived");
         };
-        if received != index {
-            fatal("the engine took a snapshot other than the one received");
-        }
+        let Received { path, data, .. } = self.received.swap_remove(at);
         let started = Instant::now();
-        let incoming = self.layout.snapshot_incoming();
         if let Err(e) =
             self.raw
                 .mut_store()
-                .adopt_snapshot(&incoming, index, term, SnapshotSource::Leader)
+                .adopt_snapshot(&path, index, term, SnapshotSource::Leader)
         {
             fatal(&format!("cannot install the leader's snapshot: {e}"));
         }
         data.replace(&self.store);
         self.applied = index;
+        // Writes proposed here at indexes the snapshot covers are never
+        // applied one by one: whether they took effect is not known here.
+        let rest = self.writes.split_off(&(index + 1));
+        for (_, (_, done)) in std::mem::replace(&mut self.writes, rest) {
+            let _ = done.send(Err(Refused::Unknown(
+                "leadership changed before the write was committed",
+            )));
+        }
         self.installs += 1;
         info!(
             "installed the leader's snapshot at index {index} ({} keys) in {} ms",

@@ -32,6 +32,10 @@ pub enum WireError {
     BadEntry { index: u64, reason: String },
     #[error("message holds text that is not UTF-8")]
     NotUtf8,
+    #[error(
+        "entries of an append must follow index {index} without gaps, in terms no later than {term}"
+    )]
+    BadEntries { index: u64, term: u64 },
 }
 
 /// The family of a message, which picks the path it is posted to.
@@ -314,6 +318,20 @@ fn from_wire(w: WireMessage, members: &Members) -> Result<Message, WireError> {
             Ok(entry)
         })
         .collect::<Result<Vec<_>, WireError>>()?;
+    // raft-rs trusts an append's entries to follow its index in order;
+    // one that does not would be filed in the wrong places.
+    let mut expected = (m.index + 1, m.log_term);
+    for entry in &entries {
+        if kind == MessageType::MsgAppend
+            && (entry.index != expected.0 || entry.term < expected.1 || entry.term > m.term)
+        {
+            return Err(WireError::BadEntries {
+                index: m.index,
+                term: m.term,
+            });
+        }
+        expected = (entry.index + 1, entry.term);
+    }
     m.set_entries(entries.into());
     if let Some(s) = w.snapshot {
         let mut snapshot = Snapshot::default();
@@ -391,5 +409,14 @@ mod tests {
         assert!(err.to_string().contains("entry 1"), "{err}");
         let local = br#"[{"type":"hup","from":"127.0.0.1:8001","to":"127.0.0.1:8002","term":1}]"#;
         assert!(decode(local, &members(":8002")).is_err());
+        let gap =
+            br#"[{"type":"append-entries","from":"127.0.0.1:8001","to":"127.0.0.1:8002","term":2,
+            "index":5,"log-term":1,"entries":[{"index":6,"term":2},{"index":8,"term":2}]}]"#;
+        let err = decode(gap, &members(":8002")).unwrap_err();
+        assert!(matches!(err, WireError::BadEntries { .. }), "{err}");
+        let future_term =
+            br#"[{"type":"append-entries","from":"127.0.0.1:8001","to":"127.0.0.1:8002","term":2,
+            "index":5,"log-term":1,"entries":[{"index":6,"term":3}]}]"#;
+        assert!(decode(future_term, &members(":8002")).is_err());
     }
 }

@@ -7,8 +7,9 @@
 //! tools is `restore`, through `snapshot` and `wal`, under the lock.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use crate::cluster::log_store::{self, Committed};
 use crate::error::Error;
 use crate::storage::datadir::{Layout, ReadOnly};
 use crate::storage::snapshot;
@@ -52,15 +53,16 @@ pub fn read_all(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
     if layout.is_cluster_member() {
         return read_member(layout, into);
     }
+    let files = [layout.snapshot(), layout.wal_prev(), layout.wal()];
     for _ in 0..ATTEMPTS {
-        let before = identities(layout);
+        let before = identities(&files);
         into.restart();
         snapshot::read_file(&layout.snapshot(), |key, value| into.pair(key, value))
             .map_err(Error::Load)?;
         for log in [layout.wal_prev(), layout.wal()] {
             wal::replay(&log, TornTail::Skip, |op| into.op(op)).map_err(Error::Log)?;
         }
-        if identities(layout) == before {
+        if identities(&files) == before {
             return Ok(());
         }
     }
@@ -70,31 +72,31 @@ pub fn read_all(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
 }
 
 /// A cluster member's committed state: its snapshot, then the committed
-/// entries of its Raft log. The log only grows while a member runs (its
-/// snapshot is replaced only by compaction), so one read suffices.
+/// entries of its Raft log; read again if a running member replaced a
+/// file meanwhile (a compaction or an installed snapshot).
 fn read_member(layout: &Layout, into: &mut impl Replay) -> Result<(), Error> {
-    into.restart();
-    let mut pairs = Vec::new();
-    let mut ops = Vec::new();
-    // The log store reads both files; collect, then replay in order.
-    crate::cluster::log_store::read_committed(
-        layout,
-        |key, value| pairs.push((key.to_owned(), value.to_owned())),
-        |op| ops.push(op.into_owned()),
-    )
-    .map_err(Error::Cluster)?;
-    for (key, value) in &pairs {
-        into.pair(key, value);
+    let files = log_store::committed_files(layout);
+    for _ in 0..ATTEMPTS {
+        let before = identities(&files);
+        into.restart();
+        log_store::read_committed(layout, |item| match item {
+            Committed::Pair(key, value) => into.pair(key, value),
+            Committed::Op(op) => into.op(op),
+        })
+        .map_err(Error::Cluster)?;
+        if identities(&files) == before {
+            return Ok(());
+        }
     }
-    for op in ops {
-        into.op(op);
-    }
-    Ok(())
+    Err(Error::Busy {
+        dir: layout.root().to_owned(),
+    })
 }
 
 /// Which files (by inode) make up the data right now.
-fn identities(layout: &Layout) -> [Option<u64>; 3] {
-    [layout.snapshot(), layout.wal_prev(), layout.wal()]
+fn identities<const N: usize>(files: &[PathBuf; N]) -> [Option<u64>; N] {
+    files
+        .each_ref()
         .map(|path| std::fs::metadata(path).ok().map(|m| m.ino()))
 }
 

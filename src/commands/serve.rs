@@ -165,10 +165,14 @@ fn run_member(
     // rolling restart costs clients no election timeout.
     let hand_off = {
         let node = node.clone();
-        let first = signals.nth(1);
+        let (first, second) = (signals.nth(1), signals.nth(2));
         async move {
             first.await;
-            node.hand_off(HAND_OFF_LIMIT).await;
+            // A second signal ends the wait here too, as it ends a drain.
+            tokio::select! {
+                () = node.hand_off(HAND_OFF_LIMIT) => {}
+                () = second => {}
+            }
         }
     };
     let served = serve(

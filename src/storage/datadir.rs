@@ -44,6 +44,9 @@ const SNAPSHOT_NEXT: &str = "snapshot.next.json";
 const SNAPSHOT_COMPACT: &str = "snapshot.compact.jsonl";
 /// The data file a cluster member is receiving from its leader.
 const SNAPSHOT_INCOMING: &str = "snapshot.incoming.jsonl";
+/// How a data file received whole from the leader is named, before the
+/// index and term it stands at.
+const SNAPSHOT_RECEIVED_PREFIX: &str = "snapshot.received-";
 
 #[derive(Debug, Error)]
 pub enum DataDirError {
@@ -122,6 +125,19 @@ impl Layout {
 
     pub fn snapshot_incoming(&self) -> PathBuf {
         self.root.join(SNAPSHOT_INCOMING)
+    }
+
+    /// A snapshot received whole from a leader, at `index` of `term`,
+    /// waiting for the engine to take it. Each has its own file, so a new
+    /// transfer can never change one being installed.
+    pub fn snapshot_received(&self, index: u64, term: u64) -> PathBuf {
+        self.root
+            .join(format!("{SNAPSHOT_RECEIVED_PREFIX}{index}-{term}.jsonl"))
+    }
+
+    /// Whether `name` is a file [`Layout::snapshot_received`] names.
+    pub fn is_snapshot_received(name: &str) -> bool {
+        name.starts_with(SNAPSHOT_RECEIVED_PREFIX) && name.ends_with(".jsonl")
     }
 
     /// Whether the directory belongs to a cluster member.

@@ -173,7 +173,7 @@ fn a_member_whose_directory_was_wiped_stops_with_an_error() {
     assert!(
         cluster
             .log(wiped)
-            .contains("lost entries this member had acknowledged"),
+            .contains("lost what it had acknowledged"),
         "{}",
         cluster.log(wiped)
     );
