@@ -191,3 +191,42 @@ fn a_request_head_over_64_kib_gets_431() {
     assert_eq!(status_of(&server, raw.as_bytes()), Some(431));
     assert_still_healthy(&server);
 }
+
+/// hyper answers requests it cannot parse itself, before the routes see
+/// them; those answers must carry the Content-Type every response has
+/// (SPEC §2) all the same, and the server must go on serving.
+#[test]
+fn requests_hyper_refuses_still_get_a_content_type() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path(), &[]);
+    let long_uri = format!("GET /kv/{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(70_000));
+    let big_head = format!(
+        "GET /kv/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    for (raw, expected) in [
+        (&b"GARBAGE\r\n\r\n"[..], &[400][..]),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            &[400],
+        ),
+        (long_uri.as_bytes(), &[414, 431]),
+        (big_head.as_bytes(), &[431]),
+    ] {
+        let response = send_raw(server.addr, raw).expect("an answer");
+        assert!(
+            expected.contains(&response.status),
+            "{}: got {}",
+            String::from_utf8_lossy(&raw[..20]),
+            response.status
+        );
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; charset=utf-8"),
+            "{} {:?}",
+            response.status,
+            response.headers
+        );
+    }
+    assert_still_healthy(&server);
+}

@@ -1,6 +1,8 @@
 //! The HTTP side of `kvs serve`: `server` accepts connections and drains
-//! them at shutdown, `routes` answers each request as the SPEC's API says.
+//! them at shutdown, `routes` answers each request as the SPEC's API says,
+//! `canned` gives hyper's own error answers their Content-Type.
 //! Nothing here touches a file or blocks a worker thread.
 
+pub mod canned;
 pub mod routes;
 pub mod server;

@@ -21,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::http::canned::WithContentType;
 use crate::http::routes::{self, Backend};
 use crate::storage::store::Store;
 
@@ -94,7 +95,7 @@ pub async fn run(
         // only adds latency.
         let _ = stream.set_nodelay(true);
         let connection = http.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(WithContentType::new(stream)),
             TowerToHyperService::new(service.clone()),
         );
         let connection = graceful.watch(connection);
