@@ -171,9 +171,7 @@ fn a_member_whose_directory_was_wiped_stops_with_an_error() {
     let status = cluster.wait_exit(wiped, Duration::from_secs(5));
     assert_eq!(status.code(), Some(2), "{}", cluster.log(wiped));
     assert!(
-        cluster
-            .log(wiped)
-            .contains("lost what it had acknowledged"),
+        cluster.log(wiped).contains("lost what it had acknowledged"),
         "{}",
         cluster.log(wiped)
     );
