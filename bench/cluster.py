@@ -54,7 +54,9 @@ snapshots every 100,000 entries and sends a follower that fell behind its
 log a snapshot of its database instead of the entries (with the default
 100,000 catch-up keys it does: the script says so when it sees it in the
 follower's log). That is etcd's catch-up mechanism, as sending the log's
-entries is kvs's (which sends no snapshots yet).
+entries is kvs's here: kvs compacts only once a member's Raft log passes
+--wal-max-bytes (64 MiB by default, which 100,000 small writes do not
+reach), and only then sends a snapshot.
 
 etcd is Debian's `etcd-server` package (3.4), installed with apt-get if
 `etcd` is missing, like wrk (etcdctl is not needed: the leader and the
