@@ -35,7 +35,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
         }
         'kvs;serve' {
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'TCP port to listen on (0 picks a free port, shown in the log) [default: 8001, or the port of --addr when that is given]')
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK')
             [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Address to listen on; 0.0.0.0 exposes the server to the network [default: 127.0.0.1, or the host of --addr when that is given]')
             [CompletionResult]::new('--shutdown-timeout', '--shutdown-timeout', [CompletionResultType]::ParameterName, 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)')
             [CompletionResult]::new('--max-value-bytes', '--max-value-bytes', [CompletionResultType]::ParameterName, 'Largest value accepted by PUT, in bytes; larger ones get 413')
@@ -51,7 +51,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;get' {
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
@@ -59,7 +59,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;dump' {
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format [default: table on a terminal, jsonl otherwise]')
             [CompletionResult]::new('--prefix', '--prefix', [CompletionResultType]::ParameterName, 'Only pairs whose key starts with this prefix')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
@@ -69,7 +69,7 @@ Register-ArgumentCompleter -Native -CommandName 'kvs' -ScriptBlock {
             break
         }
         'kvs;restore' {
-            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK')
             [CompletionResult]::new('--max-value-bytes', '--max-value-bytes', [CompletionResultType]::ParameterName, 'Largest value accepted, in bytes, as for `kvs serve`')
             [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replace a store that already holds data')
             [CompletionResult]::new('--merge', '--merge', [CompletionResultType]::ParameterName, 'Add the input to the existing pairs; input lines win over existing keys')

@@ -31,7 +31,7 @@ set edit:completion:arg-completer[kvs] = {|@words|
         }
         &'kvs;serve'= {
             cand --port 'TCP port to listen on (0 picks a free port, shown in the log) [default: 8001, or the port of --addr when that is given]'
-            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK'
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK'
             cand --bind 'Address to listen on; 0.0.0.0 exposes the server to the network [default: 127.0.0.1, or the host of --addr when that is given]'
             cand --shutdown-timeout 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)'
             cand --max-value-bytes 'Largest value accepted by PUT, in bytes; larger ones get 413'
@@ -46,14 +46,14 @@ set edit:completion:arg-completer[kvs] = {|@words|
             cand --version 'Print version'
         }
         &'kvs;get'= {
-            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK'
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
         &'kvs;dump'= {
-            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK'
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK'
             cand --format 'Output format [default: table on a terminal, jsonl otherwise]'
             cand --prefix 'Only pairs whose key starts with this prefix'
             cand -h 'Print help (see more with ''--help'')'
@@ -62,7 +62,7 @@ set edit:completion:arg-completer[kvs] = {|@words|
             cand --version 'Print version'
         }
         &'kvs;restore'= {
-            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK'
+            cand --working-dir 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member''s Raft log (raft-log.jsonl), and LOCK'
             cand --max-value-bytes 'Largest value accepted, in bytes, as for `kvs serve`'
             cand --force 'Replace a store that already holds data'
             cand --merge 'Add the input to the existing pairs; input lines win over existing keys'

@@ -33,7 +33,7 @@ complete -c kvs -n "__fish_kvs_needs_command" -f -a "restore" -d 'Replace (or wi
 complete -c kvs -n "__fish_kvs_needs_command" -f -a "completions" -d 'Print a shell completion script to standard output'
 complete -c kvs -n "__fish_kvs_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l port -d 'TCP port to listen on (0 picks a free port, shown in the log) [default: 8001, or the port of --addr when that is given]' -r
-complete -c kvs -n "__fish_kvs_using_subcommand serve" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member\'s Raft log (raft-log.jsonl), and LOCK' -r -F
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l bind -d 'Address to listen on; 0.0.0.0 exposes the server to the network [default: 127.0.0.1, or the host of --addr when that is given]' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l shutdown-timeout -d 'How long shutdown waits for requests in flight before saving anyway (e.g. 15s, 500ms, 1m)' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l max-value-bytes -d 'Largest value accepted by PUT, in bytes; larger ones get 413' -r
@@ -45,16 +45,16 @@ complete -c kvs -n "__fish_kvs_using_subcommand serve" -l addr -d 'This member\'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l commit-timeout -d 'How long a cluster write may wait to be committed on a majority (and a read to have leadership confirmed) before it is answered 503' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c kvs -n "__fish_kvs_using_subcommand get" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand get" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member\'s Raft log (raft-log.jsonl), and LOCK' -r -F
 complete -c kvs -n "__fish_kvs_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kvs -n "__fish_kvs_using_subcommand get" -s V -l version -d 'Print version'
-complete -c kvs -n "__fish_kvs_using_subcommand dump" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand dump" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member\'s Raft log (raft-log.jsonl), and LOCK' -r -F
 complete -c kvs -n "__fish_kvs_using_subcommand dump" -l format -d 'Output format [default: table on a terminal, jsonl otherwise]' -r -f -a "table\t'A table with KEY and VALUE columns, long values shortened'
 jsonl\t'One {"key":...,"value":...} object per line: the data-file format'"
 complete -c kvs -n "__fish_kvs_using_subcommand dump" -l prefix -d 'Only pairs whose key starts with this prefix' -r
 complete -c kvs -n "__fish_kvs_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kvs -n "__fish_kvs_using_subcommand dump" -s V -l version -d 'Print version'
-complete -c kvs -n "__fish_kvs_using_subcommand restore" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) and LOCK' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand restore" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member\'s Raft log (raft-log.jsonl), and LOCK' -r -F
 complete -c kvs -n "__fish_kvs_using_subcommand restore" -l max-value-bytes -d 'Largest value accepted, in bytes, as for `kvs serve`' -r
 complete -c kvs -n "__fish_kvs_using_subcommand restore" -l force -d 'Replace a store that already holds data'
 complete -c kvs -n "__fish_kvs_using_subcommand restore" -l merge -d 'Add the input to the existing pairs; input lines win over existing keys'

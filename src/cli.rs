@@ -243,7 +243,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct WorkingDir {
     /// Directory holding the data file (snapshot.jsonl), the write-ahead log
-    /// (wal.jsonl) and LOCK
+    /// (wal.jsonl) or a cluster member's Raft log (raft-log.jsonl), and LOCK
     #[arg(
         long = "working-dir",
         env = "DATA_DIR",
