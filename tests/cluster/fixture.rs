@@ -69,22 +69,81 @@ pub enum Form {
     Clstr,
 }
 
-/// One member: its identity, its directory, and the process of its current
-/// life (None while it is down).
-pub struct Member {
-    pub id: String,
-    pub addr: SocketAddr,
-    pub dir: PathBuf,
+/// A member's processes over its lives: the one running now (None while
+/// it is down) and everything they logged. Kills the running one, by
+/// PID, when dropped, so a failing test never leaves a process behind.
+/// Shared with the nemesis fixture, which starts its members otherwise.
+#[derive(Default)]
+pub struct Lives {
     child: Mutex<Option<Child>>,
     /// Everything it logged on stderr, over all its lives.
     log: Arc<Mutex<String>>,
-    lives: Mutex<usize>,
-    /// Extra environment for its next lives (such as `KVS_CRASH_AT`).
-    env: Mutex<Vec<(String, String)>>,
-    _dir: tempfile::TempDir,
+    count: Mutex<usize>,
 }
 
-impl Drop for Member {
+impl Lives {
+    /// Starts a new life with `command`, its stderr captured; the address
+    /// it logs `listening on` arrives on the returned channel.
+    pub fn spawn(&self, mut command: Command) -> Result<mpsc::Receiver<SocketAddr>, String> {
+        let mut slot = self.child.lock().unwrap();
+        if slot.is_some() {
+            return Err("it is already running".to_owned());
+        }
+        let life = {
+            let mut count = self.count.lock().unwrap();
+            *count += 1;
+            *count
+        };
+        self.log
+            .lock()
+            .unwrap()
+            .push_str(&format!("----- life {life} -----\n"));
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start it: {e}"))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        *slot = Some(child);
+        Ok(crate::common::capture_log(stderr, Arc::clone(&self.log)))
+    }
+
+    /// The running process's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.lock().unwrap().is_some()
+    }
+
+    /// Sends `signal` by PID; false if it is down.
+    pub fn signal(&self, signal: Signal) -> bool {
+        self.pid()
+            .is_some_and(|pid| kill(Pid::from_raw(pid as i32), signal).is_ok())
+    }
+
+    /// If the running process has exited, forgets it and says how it
+    /// ended (after a moment for the reader to catch its last lines).
+    pub fn reap(&self) -> Option<ExitStatus> {
+        let mut slot = self.child.lock().unwrap();
+        let status = slot.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if status.is_some() {
+            *slot = None;
+            drop(slot);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        status
+    }
+
+    /// Everything logged over all lives.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Lives {
     fn drop(&mut self) {
         let slot = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(mut child) = slot.take() {
@@ -92,6 +151,17 @@ impl Drop for Member {
             let _ = child.wait();
         }
     }
+}
+
+/// One member: its identity, its directory, and its processes.
+pub struct Member {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    lives: Lives,
+    /// Extra environment for its next lives (such as `KVS_CRASH_AT`).
+    env: Mutex<Vec<(String, String)>>,
+    _dir: tempfile::TempDir,
 }
 
 /// A member's `/cluster/info`, parsed.
@@ -206,9 +276,7 @@ impl Cluster {
                     id: format!("127.0.0.1:{port}"),
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     dir: dir.path().to_owned(),
-                    child: Mutex::new(None),
-                    log: Arc::default(),
-                    lives: Mutex::new(0),
+                    lives: Lives::default(),
                     env: Mutex::default(),
                     _dir: dir,
                 }
@@ -319,29 +387,10 @@ impl Cluster {
     }
 
     fn spawn(&self, i: usize) -> mpsc::Receiver<SocketAddr> {
-        let member = &self.members[i];
-        let mut slot = member.child.lock().unwrap();
-        assert!(slot.is_none(), "member {i} is already running");
-        let life = {
-            let mut lives = member.lives.lock().unwrap();
-            *lives += 1;
-            *lives
-        };
-        member
-            .log
-            .lock()
-            .unwrap()
-            .push_str(&format!("----- life {life} -----\n"));
-        let mut child = self
-            .command(i)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kvs");
-        let stderr = child.stderr.take().unwrap();
-        *slot = Some(child);
-        crate::common::capture_log(stderr, Arc::clone(&member.log))
+        self.members[i]
+            .lives
+            .spawn(self.command(i))
+            .unwrap_or_else(|e| panic!("member {i}: {e}"))
     }
 
     fn wait_listening(&self, i: usize, listening: mpsc::Receiver<SocketAddr>) {
@@ -359,17 +408,7 @@ impl Cluster {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
             }
-            let exited = {
-                let mut slot = self.members[i].child.lock().unwrap();
-                let status = slot.as_mut().and_then(|c| c.try_wait().unwrap());
-                if status.is_some() {
-                    *slot = None;
-                }
-                status
-            };
-            if let Some(status) = exited {
-                // Let the reader thread catch the last lines.
-                std::thread::sleep(POLL);
+            if let Some(status) = self.members[i].lives.reap() {
                 panic!(
                     "member {i} exited with {status} before listening\n{}",
                     self.report()
@@ -384,30 +423,25 @@ impl Cluster {
     }
 
     pub fn is_up(&self, i: usize) -> bool {
-        self.members[i].child.lock().unwrap().is_some()
+        self.members[i].lives.is_up()
     }
 
     /// Sends `signal` to member `i`'s process, by PID.
     pub fn signal(&self, i: usize, signal: Signal) {
-        let slot = self.members[i].child.lock().unwrap();
-        let child = slot.as_ref().expect("member is running");
-        kill(Pid::from_raw(child.id() as i32), signal).expect("send signal");
+        assert!(
+            self.members[i].lives.signal(signal),
+            "member {i} is not running"
+        );
     }
 
     /// Waits up to `within` for member `i` to exit, and returns how it
     /// ended; panics (after which Drop kills it) if it does not.
     pub fn wait_exit(&self, i: usize, within: Duration) -> ExitStatus {
         let started = Instant::now();
+        assert!(self.is_up(i), "member {i} is not running");
         loop {
-            {
-                let mut slot = self.members[i].child.lock().unwrap();
-                let child = slot.as_mut().expect("member is running");
-                if let Some(status) = child.try_wait().unwrap() {
-                    *slot = None;
-                    drop(slot);
-                    std::thread::sleep(Duration::from_millis(20));
-                    return status;
-                }
+            if let Some(status) = self.members[i].lives.reap() {
+                return status;
             }
             assert!(
                 started.elapsed() < within,
@@ -459,7 +493,7 @@ impl Cluster {
 
     /// Everything member `i` logged, over all its lives.
     pub fn log(&self, i: usize) -> String {
-        self.members[i].log.lock().unwrap().clone()
+        self.members[i].lives.log()
     }
 
     /// `GET /cluster/info` of member `i`, or why it could not be had.

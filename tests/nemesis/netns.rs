@@ -25,15 +25,15 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::common::{KVS, capture_log, send_raw_request};
-use crate::fixture::{Info, POLL, free_ports};
+use crate::common::{KVS, send_raw_request};
+use crate::fixture::{Info, Lives, POLL, free_ports};
 
 /// How long a member may take to start listening, or to die after SIGKILL.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -346,12 +346,9 @@ struct Member {
     id: String,
     addr: SocketAddr,
     dir: tempfile::TempDir,
-    child: Mutex<Option<Child>>,
+    lives: Lives,
     /// Stopped with SIGSTOP and not yet continued.
     paused: Mutex<bool>,
-    /// Everything it wrote on stderr, over all its lives.
-    log: Arc<Mutex<String>>,
-    lives: Mutex<usize>,
 }
 
 /// A running cluster on a real or a loopback network. Dropping it kills
@@ -369,14 +366,9 @@ pub struct NetCluster {
 
 impl Drop for NetCluster {
     fn drop(&mut self) {
-        for member in &mut self.members {
-            let slot = member.child.get_mut().unwrap_or_else(|e| e.into_inner());
-            if let Some(mut child) = slot.take() {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-            }
-        }
-        // `net` drops after this, with no process left in a namespace.
+        // Every member's process dies first (`Lives` kills it), so that
+        // `net` drops after this with no process left in a namespace.
+        self.members.clear();
     }
 }
 
@@ -414,10 +406,8 @@ impl NetCluster {
                 id: addr.to_string(),
                 addr,
                 dir: tempfile::tempdir().expect("temp dir"),
-                child: Mutex::new(None),
+                lives: Lives::default(),
                 paused: Mutex::new(false),
-                log: Arc::default(),
-                lives: Mutex::new(0),
             })
             .collect();
         let cluster = NetCluster {
@@ -517,31 +507,12 @@ impl NetCluster {
 
     fn spawn(&self, i: usize) -> Result<mpsc::Receiver<SocketAddr>, String> {
         let member = &self.members[i];
-        let mut slot = member.child.lock().unwrap();
-        if slot.is_some() {
-            return Err(format!("member {i} is already running"));
-        }
-        let life = {
-            let mut lives = member.lives.lock().unwrap();
-            *lives += 1;
-            *lives
-        };
-        member
-            .log
-            .lock()
-            .unwrap()
-            .push_str(&format!("----- life {life} -----\n"));
-        let mut child = self
-            .command(i)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn member {i}: {e}"))?;
-        let stderr = child.stderr.take().unwrap();
-        *slot = Some(child);
+        let listening = member
+            .lives
+            .spawn(self.command(i))
+            .map_err(|e| format!("member {i}: {e}"))?;
         *member.paused.lock().unwrap() = false;
-        Ok(capture_log(stderr, Arc::clone(&member.log)))
+        Ok(listening)
     }
 
     fn wait_listening(
@@ -581,24 +552,19 @@ impl NetCluster {
 
     /// The PIDs of the members' processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.members
-            .iter()
-            .filter_map(|m| m.child.lock().unwrap().as_ref().map(Child::id))
-            .collect()
+        self.members.iter().filter_map(|m| m.lives.pid()).collect()
     }
 
     /// Whether member `i` has a process (running or paused).
     pub fn is_up(&self, i: usize) -> bool {
-        self.members[i].child.lock().unwrap().is_some()
+        self.members[i].lives.is_up()
     }
 
     /// If member `i`'s process has exited, forgets it and says how it
     /// ended.
     pub fn reap(&self, i: usize) -> Option<ExitStatus> {
-        let mut slot = self.members[i].child.lock().unwrap();
-        let status = slot.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let status = self.members[i].lives.reap();
         if status.is_some() {
-            *slot = None;
             *self.members[i].paused.lock().unwrap() = false;
         }
         status
@@ -606,11 +572,7 @@ impl NetCluster {
 
     /// Sends `signal` to member `i` by PID; false if it is down.
     pub fn signal(&self, i: usize, signal: Signal) -> bool {
-        let slot = self.members[i].child.lock().unwrap();
-        match slot.as_ref() {
-            Some(child) => kill(Pid::from_raw(child.id() as i32), signal).is_ok(),
-            None => false,
-        }
+        self.members[i].lives.signal(signal)
     }
 
     /// Waits up to `within` for member `i` to exit.
@@ -618,8 +580,6 @@ impl NetCluster {
         let started = Instant::now();
         loop {
             if let Some(status) = self.reap(i) {
-                // Let the reader thread catch the last lines.
-                std::thread::sleep(Duration::from_millis(20));
                 return Ok(status);
             }
             if !self.is_up(i) {
@@ -841,7 +801,7 @@ impl NetCluster {
 
     /// Everything member `i` logged, over all its lives.
     pub fn log(&self, i: usize) -> String {
-        self.members[i].log.lock().unwrap().clone()
+        self.members[i].lives.log()
     }
 
     /// The last lines member `i` logged.
