@@ -104,6 +104,7 @@ class Server:
     def stop(self):
         """SIGTERM, then sample RSS until exit; returns the peak seen (KiB)."""
         peak = self.rss_kib()
+        signalled = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         while self.proc.poll() is None:
             try:
@@ -112,6 +113,8 @@ class Server:
                 break
             time.sleep(0.002)
         self.proc.wait()
+        # From SIGTERM to the process gone: drain, save, and exit.
+        self.stop_seconds = time.monotonic() - signalled
         if self.proc.returncode != 0:
             raise RuntimeError(f"kvs serve exited {self.proc.returncode}:\n" + self.log())
         return peak

@@ -117,7 +117,15 @@ fn run_single(
         started.elapsed().as_millis()
     );
     info!("exiting");
+    leave_to_the_os(store);
     Ok(())
+}
+
+/// Skips freeing the store: the process is about to exit, the OS takes the
+/// memory back at once, and freeing a million pairs one by one would only
+/// delay the exit (by a quarter of a second for a million keys).
+fn leave_to_the_os(store: Arc<Store>) {
+    std::mem::forget(store);
 }
 
 /// A cluster member: the Raft log, and the store as its state machine.
@@ -178,7 +186,7 @@ fn run_member(
     let served = serve(
         &runtime,
         addr,
-        store,
+        Arc::clone(&store),
         Backend::Cluster(node),
         config,
         hand_off,
@@ -190,6 +198,7 @@ fn run_member(
     running.stop();
     served?;
     info!("exiting");
+    leave_to_the_os(store);
     Ok(())
 }
 
