@@ -301,8 +301,16 @@ impl LogStore {
         term: u64,
         source: SnapshotSource,
     ) -> Result<(), LogStoreError> {
-        // The commit lines through what the snapshot holds go first.
+        // The commit lines through what the snapshot holds go first; and
+        // the data file must be there, whole, before the switch is
+        // decided: a decided switch is rolled forward whatever follows.
         self.sync()?;
+        File::open(data)
+            .and_then(|file| file.sync_all())
+            .map_err(|error| LogStoreError::Io {
+                path: data.to_owned(),
+                error,
+            })?;
         let next = NextFile {
             index,
             term,

@@ -97,6 +97,7 @@ impl Network {
                 link,
                 partition: Arc::clone(&partition),
                 snapshot: snapshot.clone(),
+                sending: None,
                 reachable: true,
             };
             runtime.spawn(peer.run(rx));
@@ -197,6 +198,8 @@ struct Peer {
     partition: Arc<Partition>,
     /// This member's data file, streamed with a snapshot message.
     snapshot: PathBuf,
+    /// The snapshot transfer under way to this peer, if any.
+    sending: Option<tokio::task::JoinHandle<()>>,
     /// Whether the last post went through, so that a peer going away or
     /// coming back is logged once, not at every heartbeat.
     reachable: bool,
@@ -240,11 +243,17 @@ impl Peer {
             let run = &batch[start..end];
             if family == Family::InstallSnapshot {
                 for message in run {
+                    // One transfer to a peer at a time: the engine takes a
+                    // status report as being about its latest snapshot,
+                    // and two transfers would cut each other's chunks.
+                    if let Some(previous) = self.sending.take() {
+                        previous.abort();
+                    }
                     let sender = SnapshotSender {
                         link: self.link.clone(),
                         data: self.snapshot.clone(),
                     };
-                    tokio::spawn(sender.send(message.clone()));
+                    self.sending = Some(tokio::spawn(sender.send(message.clone())));
                 }
             } else {
                 let delivered = self.link.post(family, run).await;

@@ -11,6 +11,7 @@
 //! the loop's thread.
 
 use std::io;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -160,6 +161,8 @@ pub(super) struct Shared {
     pub(super) layout: Layout,
     /// The snapshot being received from a leader, if any.
     pub(super) incoming: Mutex<Option<Incoming>>,
+    /// How many snapshots were received whole: names each one's file.
+    pub(super) receipts: AtomicU64,
 }
 
 /// The handle to a running member. Cheap to clone.
@@ -220,6 +223,7 @@ impl Node {
             commit_timeout,
             layout: layout.clone(),
             incoming: Mutex::new(None),
+            receipts: AtomicU64::new(0),
         });
         let network = Network::start(
             runtime,

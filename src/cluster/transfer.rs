@@ -13,6 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use raft::eraftpb::{Message, MessageType};
@@ -121,7 +122,8 @@ impl Node {
             let meta = message.get_snapshot().get_metadata();
             let (index, term) = (meta.index, meta.term);
             let layout = &self.shared.layout;
-            let path = layout.snapshot_received(index, term);
+            let receipt = self.shared.receipts.fetch_add(1, Ordering::Relaxed);
+            let path = layout.snapshot_received(index, term, receipt);
             {
                 // Under the lock, so that no chunk of a next transfer can
                 // land in the file once it is complete.

@@ -320,17 +320,19 @@ fn from_wire(w: WireMessage, members: &Members) -> Result<Message, WireError> {
         .collect::<Result<Vec<_>, WireError>>()?;
     // raft-rs trusts an append's entries to follow its index in order;
     // one that does not would be filed in the wrong places.
-    let mut expected = (m.index + 1, m.log_term);
-    for entry in &entries {
-        if kind == MessageType::MsgAppend
-            && (entry.index != expected.0 || entry.term < expected.1 || entry.term > m.term)
-        {
-            return Err(WireError::BadEntries {
-                index: m.index,
-                term: m.term,
-            });
+    if kind == MessageType::MsgAppend {
+        let bad = || WireError::BadEntries {
+            index: m.index,
+            term: m.term,
+        };
+        let (mut next, mut term) = (m.index.checked_add(1).ok_or_else(bad)?, m.log_term);
+        for entry in &entries {
+            if entry.index != next || entry.term < term || entry.term > m.term {
+                return Err(bad());
+            }
+            next = entry.index.checked_add(1).ok_or_else(bad)?;
+            term = entry.term;
         }
-        expected = (entry.index + 1, entry.term);
     }
     m.set_entries(entries.into());
     if let Some(s) = w.snapshot {

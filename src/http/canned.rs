@@ -8,9 +8,11 @@
 //! write that is exactly one of those canned answers (its status line,
 //! only the headers hyper puts there, nothing after the head) gets
 //! `content-type: text/plain; charset=utf-8` inserted after its status
-//! line. Every other write passes through untouched, at the cost of
-//! comparing a few bytes. It must never change a body, or any response
-//! the routes made.
+//! line, if nothing was written since the connection last read (those
+//! answers follow the read that brought the bad request, so the rest of a
+//! body is never mistaken for one). Every other write passes through
+//! untouched, at the cost of comparing a few bytes. It must never change
+//! a body, or any response the routes made.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +25,11 @@ const HEADER: &[u8] = b"content-type: text/plain; charset=utf-8\r\n";
 /// A stream whose canned error heads gain a Content-Type.
 pub struct WithContentType<S> {
     inner: S,
+    /// Whether nothing was written since the last read: hyper's canned
+    /// answers follow a read that brought the bad request, so a write
+    /// after other writes (a body's rest after a partial write) is never
+    /// taken for one, whatever its bytes look like.
+    read_last: bool,
     /// A rewritten head being written: the bytes, how many went out, and
     /// how many of the caller's bytes it stands for.
     pending: Option<(Vec<u8>, usize, usize)>,
@@ -32,6 +39,7 @@ impl<S> WithContentType<S> {
     pub fn new(inner: S) -> Self {
         WithContentType {
             inner,
+            read_last: false,
             pending: None,
         }
     }
@@ -75,22 +83,20 @@ fn with_header(write: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl<S: AsyncWrite + Unpin> WithContentType<S> {
-    /// Writes out a rewritten head; ready with the caller's count once
-    /// all of it is out.
-    fn drain_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {
-        while let Some((bytes, written, stands_for)) = self.pending.as_mut() {
-            if *written == bytes.len() {
-                let stands_for = *stands_for;
-                self.pending = None;
-                return Poll::Ready(Ok(Some(stands_for)));
+    /// Writes out the rest of a rewritten head. It stays pending, whole,
+    /// until a `poll_write` reports it, so that the caller's count is
+    /// given once, for the bytes it asked to write.
+    fn drain_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((bytes, written, _)) = self.pending.as_mut() {
+            while *written < bytes.len() {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
             }
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            *written += n;
         }
-        Poll::Ready(Ok(None))
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -100,7 +106,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for WithContentType<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if read.is_ok() && buf.filled().len() > before {
+            self.read_last = true;
+        }
+        Poll::Ready(read)
     }
 }
 
@@ -112,17 +123,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WithContentType<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_none() {
-            match with_header(buf) {
-                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            let fixed = if this.read_last {
+                with_header(buf)
+            } else {
+                None
+            };
+            match fixed {
+                None => {
+                    let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+                    if n > 0 {
+                        this.read_last = false;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
                 Some(fixed) => this.pending = Some((fixed, 0, buf.len())),
             }
         }
         // A caller that got Pending writes the same bytes again, which
         // the rewritten head already stands for.
-        match ready!(this.drain_pending(cx))? {
-            Some(stands_for) => Poll::Ready(Ok(stands_for)),
-            None => Pin::new(&mut this.inner).poll_write(cx, buf),
-        }
+        ready!(this.drain_pending(cx))?;
+        let (_, _, stands_for) = this.pending.take().expect("a head is pending");
+        this.read_last = false;
+        Poll::Ready(Ok(stands_for))
     }
 
     fn poll_write_vectored(
@@ -131,12 +153,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WithContentType<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let first = bufs.iter().find(|b| !b.is_empty());
-        if self.pending.is_some() || first.is_some_and(|b| with_header(b).is_some()) {
+        let canned = self.read_last && first.is_some_and(|b| with_header(b).is_some());
+        if self.pending.is_some() || canned {
             // Only the head: a partial write, which callers expect.
             let head = first.map_or(&[][..], |b| &b[..]);
             return self.poll_write(cx, head);
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        if n > 0 {
+            self.read_last = false;
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -182,5 +209,30 @@ mod tests {
             with_header(b"HTTP/1.1 400 Bad Request\r\nx-other: 1\r\n\r\n"),
             None
         );
+    }
+
+    /// Only a write right after a read is taken for a canned answer: the
+    /// same bytes as the rest of a body (after other writes) pass as they
+    /// are.
+    #[tokio::test]
+    async fn a_body_that_looks_like_a_canned_answer_is_left_alone() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let canned = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut server = WithContentType::new(server);
+
+        client.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+        let mut request = [0u8; 64];
+        let _ = server.read(&mut request).await.unwrap();
+        server.write_all(canned).await.unwrap();
+        // Written after a write: a body's rest, not an answer.
+        server.write_all(canned).await.unwrap();
+        drop(server);
+
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        let mut expected = with_header(canned).unwrap();
+        expected.extend_from_slice(canned);
+        assert_eq!(seen, expected);
     }
 }

@@ -128,11 +128,13 @@ impl Layout {
     }
 
     /// A snapshot received whole from a leader, at `index` of `term`,
-    /// waiting for the engine to take it. Each has its own file, so a new
-    /// transfer can never change one being installed.
-    pub fn snapshot_received(&self, index: u64, term: u64) -> PathBuf {
-        self.root
-            .join(format!("{SNAPSHOT_RECEIVED_PREFIX}{index}-{term}.jsonl"))
+    /// waiting for the engine to take it; `receipt` counts receipts. Each
+    /// has its own file, even the same snapshot delivered twice, so a new
+    /// transfer can never change or remove one being installed.
+    pub fn snapshot_received(&self, index: u64, term: u64, receipt: u64) -> PathBuf {
+        self.root.join(format!(
+            "{SNAPSHOT_RECEIVED_PREFIX}{index}-{term}-{receipt}.jsonl"
+        ))
     }
 
     /// Whether `name` is a file [`Layout::snapshot_received`] names.

@@ -90,8 +90,15 @@ fn dump(cluster: &Cluster, i: usize) -> String {
 }
 
 /// Stops every member and checks that each directory holds exactly the
-/// pairs written.
+/// pairs written. A follower learns that the last entries are committed
+/// from the leader's next message, so each member is first given the time
+/// to apply everything the leader has committed: its directory shows its
+/// committed state (SPEC §6), which may lag the leader's by a heartbeat.
 fn assert_every_member_holds(cluster: &Cluster, expected: &[(String, String)]) {
+    let leader = current_leader(cluster);
+    for i in cluster.others(leader) {
+        wait_caught_up(cluster, leader, i);
+    }
     cluster.stop_all();
     let mut lines: Vec<String> = expected
         .iter()
