@@ -154,6 +154,19 @@ async fn handle<B: Buf>(
         Backend::Single(_) => None,
         Backend::Cluster(node) => Some(node),
     };
+    // Asked once: a second look could see a leader change in between.
+    let follows = match (&route, node) {
+        (Route::Clear | Route::Kv(_), Some(node)) => match node.leadership() {
+            Leadership::Other(leader) => Some(leader),
+            Leadership::Me => None,
+        },
+        _ => None,
+    };
+    if let Some(leader) = follows {
+        // Followers and candidates send every data request to the leader,
+        // as it is: the leader validates it.
+        return refused(Refused::NotLeader(leader), &request, "");
+    }
     match (route, node) {
         (Route::Health, _) => match *method {
             Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
@@ -223,16 +236,6 @@ async fn handle<B: Buf>(
                 Ok(result) => received(result),
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "receiving failed\n"),
             }
-        }
-        (Route::Clear | Route::Kv(_), Some(node))
-            if matches!(node.leadership(), Leadership::Other(_)) =>
-        {
-            // Followers and candidates send every data request to the
-            // leader, as it is: the leader validates it.
-            let Leadership::Other(leader) = node.leadership() else {
-                unreachable!("matched just above")
-            };
-            refused(Refused::NotLeader(leader), &request, "")
         }
         (Route::Clear, _) => match *method {
             Method::DELETE => write(backend, Op::Clear, &request).await,
