@@ -48,7 +48,7 @@ impl Runner {
             return;
         };
         let store = Arc::clone(&self.store);
-        let target = self.layout.snapshot_compact();
+        let target = self.shared.layout.snapshot_compact();
         let events = self.shared.events.clone();
         let installs = self.installs;
         let spawned = std::thread::Builder::new()
@@ -88,7 +88,7 @@ impl Runner {
     /// Switches to the data file a compaction wrote and trims the log.
     pub(super) fn compacted(&mut self, done: Compacted) {
         self.compacting = false;
-        let path = self.layout.snapshot_compact();
+        let path = self.shared.layout.snapshot_compact();
         if done.installs != self.installs || done.index <= self.raw.store().snapshot_index() {
             // A leader's snapshot replaced the store during the copy.
             info!(

@@ -319,10 +319,7 @@ impl LogStore {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        snapshot::replace_file(&self.layout.snapshot_next(), |out| {
-            serde_json::to_writer(&mut *out, &next)?;
-            out.write_all(b"\n")
-        })?;
+        write_json(&self.layout.snapshot_next(), &next)?;
         crate::storage::fault::crash_point("snapshot-switch:after-commit-point");
         finish_switch(&self.layout, false)?;
         crate::storage::fault::crash_point("snapshot-switch:after-switch");
@@ -424,10 +421,7 @@ impl LogStore {
                 term: hs.term,
                 voted_for: self.members.id_of(hs.vote).map(str::to_owned),
             };
-            snapshot::replace_file(&self.layout.raft_state(), |out| {
-                serde_json::to_writer(&mut *out, &state)?;
-                out.write_all(b"\n")
-            })?;
+            write_json(&self.layout.raft_state(), &state)?;
         }
         self.hard_state = hs.clone();
         self.set_commit(hs.commit)
@@ -565,10 +559,7 @@ fn finish_switch(layout: &Layout, at_start: bool) -> Result<(), LogStoreError> {
             index: next.index,
             term: next.term,
         };
-        snapshot::replace_file(&layout.snapshot_meta(), |out| {
-            serde_json::to_writer(&mut *out, &meta)?;
-            out.write_all(b"\n")
-        })?;
+        write_json(&layout.snapshot_meta(), &meta)?;
         std::fs::remove_file(layout.snapshot_next()).map_err(io(layout.snapshot_next()))?;
         snapshot::sync_dir(&layout.snapshot_next()).map_err(io(layout.snapshot_next()))?;
     }
@@ -616,13 +607,19 @@ fn check_members(layout: &Layout, members: &Members) -> Result<(), LogStoreError
         }),
         None => {
             let file = ClusterFile { members: given };
-            snapshot::replace_file(&layout.cluster(), |out| {
-                serde_json::to_writer(&mut *out, &file)?;
-                out.write_all(b"\n")
-            })?;
+            write_json(&layout.cluster(), &file)?;
             Ok(())
         }
     }
+}
+
+/// Replaces a small JSON file (one line) atomically: temp file, fsync,
+/// rename, directory fsync.
+pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> Result<(), WriteError> {
+    snapshot::replace_file(path, |out| {
+        serde_json::to_writer(&mut *out, value)?;
+        out.write_all(b"\n")
+    })
 }
 
 /// Reads a small JSON file; a missing one is `None`.

@@ -7,7 +7,6 @@
 //! asks [`Partition::allows`] before sending and on receiving. It must
 //! never touch client requests: `/kv` and `/cluster` are never partitioned.
 
-use std::io::Write;
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -84,10 +83,7 @@ impl Partition {
             .map(|p| members::normalize(p, "peer"))
             .collect::<Result<_, _>>()?;
         let file = PartitionFile { peers: normalized };
-        snapshot::replace_file(&self.layout.partition(), |out| {
-            serde_json::to_writer(&mut *out, &file)?;
-            out.write_all(b"\n")
-        })?;
+        log_store::write_json(&self.layout.partition(), &file)?;
         *self.allowed.write().unwrap_or_else(|p| p.into_inner()) = Some(mask);
         info!(
             "test partition: exchanging Raft messages only with [{}]",

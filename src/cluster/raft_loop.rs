@@ -85,7 +85,6 @@ pub(super) fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
     };
     let raw = RawNode::new(&config, log, &logger::logger())
         .map_err(|e| io::Error::other(format!("the Raft engine refused to start: {e}")))?;
-    let layout = shared.layout.clone();
     let runner = Runner {
         raw,
         inbox,
@@ -100,7 +99,6 @@ pub(super) fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
         next_read: 1,
         applied,
         published: state,
-        layout,
         max_log_bytes,
         compacting: false,
         compaction_retry: None,
@@ -146,7 +144,6 @@ pub(super) struct Runner {
     pub(super) applied: u64,
     /// What the handles were last shown.
     pub(super) published: State,
-    pub(super) layout: crate::storage::datadir::Layout,
     pub(super) max_log_bytes: u64,
     /// Whether a compaction thread is running.
     pub(super) compacting: bool,

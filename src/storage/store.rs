@@ -108,25 +108,14 @@ impl Eq for Entry {}
 
 impl Default for Store {
     fn default() -> Self {
-        Store::with_capacity(0)
+        Store {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shard_hasher: RandomState::new(),
+        }
     }
 }
 
 impl Store {
-    fn with_capacity(pairs: usize) -> Self {
-        let per_shard = per_shard_capacity(pairs);
-        Store {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    RwLock::new(Shard {
-                        entries: HashSet::with_capacity(per_shard),
-                    })
-                })
-                .collect(),
-            shard_hasher: RandomState::new(),
-        }
-    }
-
     /// A copy of the value stored under `key`.
     pub fn get(&self, key: &str) -> Option<String> {
         let shard = self.read(key);
