@@ -251,7 +251,7 @@ _kvs() {
             return 0
             ;;
         kvs__subcmd__serve)
-            opts="-h -V --port --working-dir --bind --shutdown-timeout --max-value-bytes --fsync --wal-max-bytes --peers --addr --commit-timeout --help --version"
+            opts="-h -V --port --working-dir --bind --shutdown-timeout --max-value-bytes --fsync --wal-max-bytes --peers --addr --commit-timeout --token-file --tls-cert --tls-key --tls-ca --insecure --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -295,6 +295,26 @@ _kvs() {
                     ;;
                 --commit-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-level)
+                    COMPREPLY=($(compgen -W "error warn info debug trace" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -43,6 +43,16 @@ complete -c kvs -n "__fish_kvs_using_subcommand serve" -l wal-max-bytes -d 'Fold
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l peers -d 'The cluster\'s members, comma-separated HOST:PORT or :PORT (meaning 127.0.0.1:PORT); listing this member too is allowed. Empty or unset: a single node' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l addr -d 'This member\'s address and ID in the cluster, HOST:PORT, as the other members reach it [default: BIND:PORT]' -r
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -l commit-timeout -d 'How long a cluster write may wait to be committed on a majority (and a read to have leadership confirmed) before it is answered 503' -r
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l token-file -d 'File holding the token that every request but GET /health must carry as `Authorization: Bearer TOKEN` (surrounding whitespace trimmed; at least 32 characters; readable by its owner only). Every member of a cluster uses the same one' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l tls-cert -d 'PEM certificate chain (leaf first) for the port to serve HTTPS only; needs --tls-key' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l tls-key -d 'PEM private key of --tls-cert' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l tls-ca -d 'PEM CA certificates that members verify each other\'s certificates against [default: the system\'s roots]' -r -F
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l log-level -d 'How much the server logs to stderr' -r -f -a "error\t''
+warn\t''
+info\t''
+debug\t''
+trace\t''"
+complete -c kvs -n "__fish_kvs_using_subcommand serve" -l insecure -d 'Serve on an address other than loopback without --token-file, which is otherwise refused (protected mode): anyone who can reach the port can then read, change and clear every key'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kvs -n "__fish_kvs_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c kvs -n "__fish_kvs_using_subcommand get" -l working-dir -d 'Directory holding the data file (snapshot.jsonl), the write-ahead log (wal.jsonl) or a cluster member\'s Raft log (raft-log.jsonl), and LOCK' -r -F

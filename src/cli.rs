@@ -120,6 +120,70 @@ pub struct ServeArgs {
     /// a read to have leadership confirmed) before it is answered 503
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     pub commit_timeout: Duration,
+
+    /// File holding the token that every request but GET /health must carry
+    /// as `Authorization: Bearer TOKEN` (surrounding whitespace trimmed; at
+    /// least 32 characters; readable by its owner only). Every member of a
+    /// cluster uses the same one
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM certificate chain (leaf first) for the port to serve HTTPS only;
+    /// needs --tls-key
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that members verify each other's certificates
+    /// against [default: the system's roots]
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve on an address other than loopback without --token-file, which
+    /// is otherwise refused (protected mode): anyone who can reach the port
+    /// can then read, change and clear every key
+    #[arg(
+        long,
+        env = "KVS_INSECURE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure: bool,
+
+    /// How much the server logs to stderr
+    #[arg(
+        long,
+        value_enum,
+        default_value = "info",
+        env = "KVS_LOG_LEVEL",
+        value_name = "LEVEL"
+    )]
+    pub log_level: LogLevel,
+}
+
+/// How much `kvs serve` logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> tracing::Level {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
 }
 
 /// 64 MiB: replays in well under a second at start.

@@ -52,6 +52,8 @@ pub enum Error {
     Members(#[from] crate::cluster::members::MembersError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error(
         "cannot resolve --addr {addr} to an address to listen on; give --bind and --port, or an address that resolves"
     )]

@@ -17,5 +17,7 @@ pub mod cluster;
 pub mod commands;
 pub mod error;
 pub mod http;
+pub mod metrics;
+pub mod security;
 pub mod shutdown;
 pub mod storage;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<Outcome, Error> {
     match cli.command {
         Command::Serve(args) => {
-            init_logging();
+            init_logging(args.log_level.into());
             // Installed before the data is loaded, so a signal that comes
             // while loading still ends in an orderly save and exit 0.
             let signals = shutdown::Signals::install()?;
@@ -40,8 +40,9 @@ fn run(cli: Cli) -> Result<Outcome, Error> {
 }
 
 /// Log lines go to stderr, one event a line, with a UTC timestamp.
-fn init_logging() {
+fn init_logging(level: tracing::Level) {
     tracing_subscriber::fmt()
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())

@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -27,10 +28,14 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderMap};
+
 use crate::cluster::members::Members;
 use crate::cluster::node::Event;
 use crate::cluster::partition::Partition;
 use crate::cluster::wire::{self, Family, SnapshotChunk};
+use crate::security::Security;
 
 /// How long one post may take before the peer counts as unreachable.
 /// Well under the 500 ms minimum election timeout, so a stalled link shows
@@ -69,16 +74,30 @@ impl Network {
         partition: Arc<Partition>,
         snapshot: PathBuf,
         events: mpsc::Sender<Event>,
+        security: &Security,
     ) -> Network {
-        let client = reqwest::Client::builder()
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &security.token {
+            // The same token as clients': SPEC §7 puts /raft/* behind it.
+            headers.insert(AUTHORIZATION, token.header().clone());
+        }
+        let mut client = reqwest::Client::builder()
             // Members talk to each other directly, whatever proxy the
             // environment names for other traffic.
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .default_headers(headers)
+            // Shorter than the peers' own 30 s idle limit, so a pooled
+            // connection is never reused just as the peer closes it.
+            .pool_idle_timeout(Duration::from_secs(20));
+        if let Some(tls) = &security.tls {
+            client = client.use_preconfigured_tls((*tls.client).clone());
+        }
+        let client = client
             .build()
-            .expect("an HTTP client without TLS always builds");
+            .expect("an HTTP client with a prepared TLS configuration always builds");
+        let scheme = security.scheme();
         let mut peers = vec![None];
         for node in members.nodes() {
             if node == members.my_node() {
@@ -88,8 +107,9 @@ impl Network {
             let (tx, rx) = tokio_mpsc::channel(QUEUE);
             let link = Link {
                 node,
-                base: format!("http://{}", members.id_of(node).expect("a member")),
+                base: format!("{scheme}://{}", members.id_of(node).expect("a member")),
                 client: client.clone(),
+                refused: Arc::new(AtomicBool::new(false)),
                 members: Arc::clone(&members),
                 events: events.clone(),
             };
@@ -145,16 +165,21 @@ fn report_dropped(events: &mpsc::Sender<Event>, message: &Message) {
 #[derive(Clone)]
 struct Link {
     node: u64,
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT`, or `https://`.
     base: String,
     client: reqwest::Client,
+    /// Whether the peer's last answer was 401, so that a token mismatch
+    /// is logged once, not at every heartbeat.
+    refused: Arc<AtomicBool>,
     members: Arc<Members>,
     events: mpsc::Sender<Event>,
 }
 
 impl Link {
     fn peer(&self) -> &str {
-        self.base.trim_start_matches("http://")
+        self.base
+            .split_once("://")
+            .map_or(self.base.as_str(), |(_, peer)| peer)
     }
 
     /// Posts messages of one family; says whether the peer took them.
@@ -180,7 +205,19 @@ impl Link {
             .send()
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => true,
+            Ok(response) if response.status().is_success() => {
+                self.refused.store(false, Ordering::Relaxed);
+                true
+            }
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "{} refuses this member's messages (401): give every member the same --token-file",
+                        self.peer()
+                    );
+                }
+                false
+            }
             Ok(response) => {
                 debug!("{} answered {}", self.peer(), response.status());
                 false

@@ -33,6 +33,7 @@ use crate::cluster::partition::{Partition, PartitionError};
 use crate::cluster::raft_loop;
 use crate::cluster::transfer::Incoming;
 use crate::cluster::wire::{self, WireError};
+use crate::security::Security;
 use crate::storage::datadir::Layout;
 use crate::storage::store::Store;
 use crate::storage::wal::Op;
@@ -112,6 +113,17 @@ pub enum Role {
     Follower,
 }
 
+impl Role {
+    /// The name `/cluster/info` and the metrics give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::Follower => "follower",
+        }
+    }
+}
+
 /// The engine's state, as the loop last published it. Engine node numbers
 /// here; [`Node::info`] names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +201,8 @@ pub struct Start {
     pub layout: Layout,
     /// Compact the log once it grows past this many bytes.
     pub max_log_bytes: u64,
+    /// The token and TLS the members' own traffic carries.
+    pub security: Security,
 }
 
 impl Node {
@@ -201,6 +215,7 @@ impl Node {
             store,
             applied,
             commit_timeout,
+            security,
             layout,
             max_log_bytes,
         } = start;
@@ -231,6 +246,7 @@ impl Node {
             partition,
             layout.snapshot(),
             events.clone(),
+            &security,
         );
         let thread = raft_loop::spawn(raft_loop::Parts {
             log,

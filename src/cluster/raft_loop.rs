@@ -503,6 +503,9 @@ impl Runner {
         if self.published.role == Role::Leader && state.role != Role::Leader {
             self.lost_leadership();
         }
+        if state.leader != self.published.leader && state.leader != raft::INVALID_ID {
+            crate::metrics::get().raft_leader_changes.inc();
+        }
         if state.role != self.published.role || state.leader != self.published.leader {
             let leader = self.shared.members.id_of(state.leader).unwrap_or("none");
             info!(

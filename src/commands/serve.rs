@@ -24,6 +24,7 @@ use crate::cluster::state_machine;
 use crate::error::Error;
 use crate::http::routes::Backend;
 use crate::http::server::{self, Config};
+use crate::security::{self, Security};
 use crate::shutdown::Signals;
 use crate::storage::datadir::{Layout, Locked};
 use crate::storage::snapshot;
@@ -40,6 +41,8 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
         args.dir.path.display()
     );
     // Before the lock is taken, so a refused start changes nothing at all.
+    security::install_crypto_provider();
+    let security = Security::load(&args, addr.ip())?;
     check_mode(&Layout::new(&args.dir.path), members.is_some())?;
     let dir = Locked::open(&args.dir.path)?;
     if dir.removed_stale_temp {
@@ -51,6 +54,7 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     let config = Config {
         max_value_bytes: args.max_value_bytes,
         shutdown_timeout: args.shutdown_timeout,
+        security,
     };
     match members {
         None => run_single(&args, dir.layout(), addr, &config, signals),
@@ -163,6 +167,7 @@ fn run_member(
         commit_timeout: args.commit_timeout,
         layout: layout.clone(),
         max_log_bytes: args.wal_max_bytes,
+        security: config.security.clone(),
     };
     let (node, running) = Node::start(start, runtime.handle()).map_err(|error| Error::Startup {
         what: "starting the Raft node",

@@ -18,16 +18,21 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use warp::Filter;
-use warp::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use warp::http::header::{
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::cluster::node::{Leadership, Node, ReceiveError, Refused};
 use crate::cluster::partition::PartitionFile;
+use crate::metrics::{self, RaftState, RouteLabel};
+use crate::security::token::Token;
 use crate::storage::store::Store;
 use crate::storage::validate::{self, ValueError};
 use crate::storage::wal::{Op, Wal, WriteError};
@@ -53,39 +58,87 @@ const KV_METHODS: &str = "GET, HEAD, PUT, DELETE";
 const HEALTH_METHODS: &str = "GET, HEAD";
 const CLEAR_METHODS: &str = "DELETE";
 
+/// What every request is answered with: the store, where writes go, and
+/// what the server enforces.
+pub struct Api {
+    /// Reads are answered from it.
+    pub store: Arc<Store>,
+    /// Writes (and a member's reads) go through it.
+    pub backend: Backend,
+    /// PUT bodies above this size get 413.
+    pub max_value_bytes: u64,
+    /// Every request but `GET|HEAD /health` must carry it, when set.
+    pub token: Option<Arc<Token>>,
+    /// `http` or `https`: what redirects to the leader begin with.
+    pub scheme: &'static str,
+}
+
 /// The whole API. Never rejects: every request gets a response from here.
 ///
-/// Reads are answered from `store`; writes go through `backend`, which
-/// answers once they are durable and applied.
+/// Reads are answered from the store; writes go through the backend, which
+/// answers once they are durable and applied. Every answer is counted in
+/// the metrics.
 pub fn routes(
-    store: Arc<Store>,
-    backend: Backend,
-    max_value_bytes: u64,
+    api: Api,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let api = Arc::new(api);
     // The query string matters only to a redirect, which must keep it.
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    // A header that is not visible ASCII cannot be the token: it is kept
+    // as an empty credential, which never matches, instead of a 400.
+    let authorization = warp::header::optional::<String>("authorization")
+        .or(warp::any().map(|| Some(String::new())))
+        .unify();
     warp::method()
         .and(warp::path::full())
         .and(query)
         .and(warp::header::optional::<u64>("content-length"))
+        .and(authorization)
         .and(warp::body::stream())
         .then(
             move |method: Method,
                   path: warp::path::FullPath,
                   query: String,
                   content_length,
+                  authorization: Option<String>,
                   body| {
-                let store = Arc::clone(&store);
-                let backend = backend.clone();
+                let api = Arc::clone(&api);
                 async move {
+                    let started = Instant::now();
+                    let route = route(path.as_str());
+                    let label = route.label();
                     let request = Request {
                         method,
                         path: path.as_str(),
                         query: &query,
                         content_length,
-                        max_value_bytes,
+                        max_value_bytes: api.max_value_bytes,
+                        scheme: api.scheme,
                     };
-                    handle(&store, &backend, request, body).await
+                    let response = if authorized(&api, &request, &route, authorization.as_deref()) {
+                        handle(
+                            &api.store,
+                            &api.backend,
+                            route,
+                            request.method.clone(),
+                            &request,
+                            body,
+                        )
+                        .await
+                    } else {
+                        unauthorized()
+                    };
+                    let took = started.elapsed();
+                    let status = response.status().as_u16();
+                    metrics::get().request(request.method.as_str(), label, status, took);
+                    // Never headers: they may carry the token.
+                    tracing::debug!(
+                        "{} {} {status} in {} µs",
+                        request.method,
+                        request.path,
+                        took.as_micros()
+                    );
+                    response
                 }
             },
         )
@@ -93,6 +146,32 @@ pub fn routes(
         // before warp sees it, and nothing else here can reject), but if a
         // rejection ever happens it must still be a plain-text answer.
         .recover(|_| async { Ok::<_, Infallible>(text(StatusCode::BAD_REQUEST, "bad request\n")) })
+}
+
+/// Whether a request may be served: with a token set, only `GET|HEAD
+/// /health` goes without it (so load balancers and orchestrators can probe
+/// liveness); everything else, unknown paths included, must carry it.
+fn authorized(
+    api: &Api,
+    request: &Request<'_>,
+    route: &Route<'_>,
+    authorization: Option<&str>,
+) -> bool {
+    let Some(token) = &api.token else {
+        return true;
+    };
+    if *route == Route::Health && matches!(request.method, Method::GET | Method::HEAD) {
+        return true;
+    }
+    token.authorizes(authorization.map(str::as_bytes))
+}
+
+fn unauthorized() -> Response {
+    let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// What `handle` needs of a request, besides its body.
@@ -104,6 +183,8 @@ struct Request<'a> {
     query: &'a str,
     content_length: Option<u64>,
     max_value_bytes: u64,
+    /// `http` or `https`, for redirects.
+    scheme: &'static str,
 }
 
 /// The paths the API knows.
@@ -122,12 +203,31 @@ enum Route<'a> {
     RaftSnapshot,
     /// `/raft/snapshot-chunk`: a piece of a snapshot's data.
     RaftChunk,
+    Metrics,
     Unknown,
+}
+
+impl Route<'_> {
+    /// How the metrics count it.
+    fn label(&self) -> RouteLabel {
+        match self {
+            Route::Health => RouteLabel::Health,
+            Route::Clear => RouteLabel::Clear,
+            Route::Kv(_) => RouteLabel::Kv,
+            Route::ClusterInfo => RouteLabel::ClusterInfo,
+            Route::ClusterPartition => RouteLabel::ClusterPartition,
+            Route::ClusterHeal => RouteLabel::ClusterHeal,
+            Route::Raft | Route::RaftSnapshot | Route::RaftChunk => RouteLabel::Raft,
+            Route::Metrics => RouteLabel::Metrics,
+            Route::Unknown => RouteLabel::Unknown,
+        }
+    }
 }
 
 fn route(path: &str) -> Route<'_> {
     match path {
         "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
         "/clear" => Route::Clear,
         "/cluster/info" => Route::ClusterInfo,
         "/cluster/partition" => Route::ClusterPartition,
@@ -145,11 +245,12 @@ fn route(path: &str) -> Route<'_> {
 async fn handle<B: Buf>(
     store: &Store,
     backend: &Backend,
-    request: Request<'_>,
+    route: Route<'_>,
+    method: Method,
+    request: &Request<'_>,
     body: impl Stream<Item = Result<B, warp::Error>>,
 ) -> Response {
-    let method = &request.method;
-    let route = route(request.path);
+    let method = &method;
     let node = match backend {
         Backend::Single(_) => None,
         Backend::Cluster(node) => Some(node),
@@ -165,12 +266,16 @@ async fn handle<B: Buf>(
     if let Some(leader) = follows {
         // Followers and candidates send every data request to the leader,
         // as it is: the leader validates it.
-        return refused(Refused::NotLeader(leader), &request, "");
+        return refused(Refused::NotLeader(leader), request, "");
     }
     match (route, node) {
         (Route::Health, _) => match *method {
             Method::GET | Method::HEAD => text(StatusCode::OK, "ok\n"),
             _ => method_not_allowed(HEALTH_METHODS),
+        },
+        (Route::Metrics, _) => match *method {
+            Method::GET | Method::HEAD => exposition(store, node),
+            _ => method_not_allowed(INFO_METHODS),
         },
         (Route::Unknown, _)
         | (
@@ -195,7 +300,7 @@ async fn handle<B: Buf>(
             Some(_),
         ) if method != Method::POST => method_not_allowed(POST_METHOD),
         (Route::ClusterPartition, Some(node)) => {
-            let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
+            let bytes = match read_body(request, MAX_CLUSTER_BODY, body).await {
                 Ok(bytes) => bytes,
                 Err(response) => return response,
             };
@@ -210,14 +315,14 @@ async fn handle<B: Buf>(
             }
         }
         (Route::Raft, Some(node)) => {
-            let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
+            let bytes = match read_body(request, MAX_CLUSTER_BODY, body).await {
                 Ok(bytes) => bytes,
                 Err(response) => return response,
             };
             received(node.receive(&bytes))
         }
         (Route::RaftSnapshot | Route::RaftChunk, Some(node)) => {
-            let bytes = match read_body(&request, MAX_CLUSTER_BODY, body).await {
+            let bytes = match read_body(request, MAX_CLUSTER_BODY, body).await {
                 Ok(bytes) => bytes,
                 Err(response) => return response,
             };
@@ -238,7 +343,7 @@ async fn handle<B: Buf>(
             }
         }
         (Route::Clear, _) => match *method {
-            Method::DELETE => write(backend, Op::Clear, &request).await,
+            Method::DELETE => write(backend, Op::Clear, request).await,
             _ => method_not_allowed(CLEAR_METHODS),
         },
         (Route::Kv(raw_key), _) => {
@@ -253,12 +358,12 @@ async fn handle<B: Buf>(
                     if let Some(node) = node
                         && let Err(refusal) = node.read().await
                     {
-                        return refused(refusal, &request, "read not confirmed");
+                        return refused(refusal, request, "read not confirmed");
                     }
                     read(store, &key, method == Method::HEAD)
                 }
                 Method::PUT => {
-                    let bytes = match read_body(&request, request.max_value_bytes, body).await {
+                    let bytes = match read_body(request, request.max_value_bytes, body).await {
                         Ok(bytes) => bytes,
                         Err(response) => return response,
                     };
@@ -270,13 +375,13 @@ async fn handle<B: Buf>(
                         key: Cow::Owned(key.into_owned()),
                         value: Cow::Owned(value),
                     };
-                    write(backend, op, &request).await
+                    write(backend, op, request).await
                 }
                 Method::DELETE => {
                     let op = Op::Delete {
                         key: Cow::Owned(key.into_owned()),
                     };
-                    write(backend, op, &request).await
+                    write(backend, op, request).await
                 }
                 _ => method_not_allowed(KV_METHODS),
             }
@@ -323,7 +428,7 @@ async fn write(backend: &Backend, op: Op<'static>, request: &Request<'_>) -> Res
 fn refused(refusal: Refused, request: &Request<'_>, unknown: &str) -> Response {
     match refusal {
         Refused::NotLeader(Some(leader)) => {
-            let mut location = format!("http://{leader}{}", request.path);
+            let mut location = format!("{}://{leader}{}", request.scheme, request.path);
             if !request.query.is_empty() {
                 location.push('?');
                 location.push_str(request.query);
@@ -451,6 +556,25 @@ fn method_not_allowed(allow: &'static str) -> Response {
     response
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// `GET /metrics`: the Prometheus exposition, with a member's Raft state.
+fn exposition(store: &Store, node: Option<&Node>) -> Response {
+    let raft = node.map(|node| {
+        let info = node.info();
+        RaftState {
+            term: info.term,
+            role: info.role.name(),
+            commit_index: info.commit_index,
+            applied_index: info.last_applied,
+        }
+    });
+    let mut response = text(StatusCode::OK, metrics::get().encode(store.len(), raft));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
     response
 }
 

@@ -8,7 +8,10 @@
 //!
 //! It drives hyper directly with warp's service instead of `warp::serve`
 //! because warp's graceful shutdown waits forever for a client that stalls
-//! mid-request, and offers no header-read timeout or buffer limit.
+//! mid-request, and offers no header-read timeout or buffer limit. Each
+//! connection's stream is, from the socket up: TLS when configured (its
+//! handshake bounded by the head timeout), the slow-client deadlines, and
+//! the Content-Type fix for hyper's own error answers.
 
 use std::future::Future;
 use std::io;
@@ -18,16 +21,20 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::http::canned::WithContentType;
-use crate::http::routes::{self, Backend};
+use crate::http::deadlines::{self, Deadlines};
+use crate::http::routes::{self, Api, Backend};
+use crate::security::Security;
 use crate::storage::store::Store;
 
-/// How long a client may take to send a request's headers. Bounds what a
-/// slow or silent client can hold; bodies are bounded by the value limit.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's own head timer, which runs from the end of a response to the
+/// end of the next head. `Deadlines` enforces the SPEC's two limits inside
+/// it; this is only a backstop, a little longer than both together.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The most a connection buffers while reading a request line and headers.
 /// Larger requests get 431 or 414 and the connection is closed, so a
@@ -41,6 +48,8 @@ pub struct Config {
     pub max_value_bytes: u64,
     /// How long to wait for requests in flight once shutdown starts.
     pub shutdown_timeout: Duration,
+    /// The token and TLS the port enforces.
+    pub security: Security,
 }
 
 /// How the drain at shutdown ended.
@@ -68,7 +77,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     stop_waiting: impl Future<Output = ()>,
 ) -> Drain {
-    let service = warp::service(routes::routes(store, backend, config.max_value_bytes));
+    let service = warp::service(routes::routes(Api {
+        store,
+        backend,
+        max_value_bytes: config.max_value_bytes,
+        token: config.security.token.clone(),
+        scheme: config.security.scheme(),
+    }));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -94,17 +109,28 @@ pub async fn run(
         // Responses are small and written whole: waiting to coalesce them
         // only adds latency.
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(WithContentType::new(stream)),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                // Clients that vanish or send garbage are routine.
-                debug!("connection ended with an error: {e}");
+        let service = TowerToHyperService::new(service.clone());
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        match &config.security.tls {
+            None => {
+                tokio::spawn(serve_connection(http, watcher, stream, service));
             }
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that never finishes its handshake is a slow
+                    // client too.
+                    match tokio::time::timeout(deadlines::HEAD_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => serve_connection(http, watcher, stream, service).await,
+                        Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
+                        Err(_) => debug!("TLS handshake not complete after 10 s; closing"),
+                    }
+                });
+            }
+        }
     }
     // Closing the listener refuses new connections from here on.
     drop(listener);
@@ -133,6 +159,29 @@ pub async fn run(
         ),
     }
     drain
+}
+
+/// Serves one connection until it closes, or until shutdown has let its
+/// request in flight finish.
+async fn serve_connection<S, Svc>(
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: S,
+    service: Svc,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::ResBody: Send + 'static,
+    <Svc::ResBody as hyper::body::Body>::Data: Send,
+    <Svc::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TokioIo::new(WithContentType::new(Deadlines::new(stream)));
+    let connection = http.serve_connection(stream, service);
+    if let Err(e) = watcher.watch(connection).await {
+        // Clients that vanish, stall or send garbage are routine.
+        debug!("connection ended with an error: {e}");
+    }
 }
 
 /// Keeps accepting after a failed accept. A peer that gave up before we

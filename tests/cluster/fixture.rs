@@ -16,6 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use crate::common::tls::https_request;
 use crate::common::{KVS, Response, send_raw_request};
 
 /// How long a member may take to start listening or to exit after SIGKILL.
@@ -173,6 +174,8 @@ pub struct Info {
     pub leader: Option<String>,
     pub peers: Vec<String>,
     pub voted_for: Option<String>,
+    pub commit_index: u64,
+    pub last_applied: u64,
 }
 
 impl Info {
@@ -219,6 +222,8 @@ impl Info {
             leader: nullable("leader")?,
             peers,
             voted_for: nullable("voted-for")?,
+            commit_index: field("commit-index")?.as_u64().unwrap_or(0),
+            last_applied: field("last-applied")?.as_u64().unwrap_or(0),
         })
     }
 }
@@ -229,6 +234,9 @@ pub struct Cluster {
     pub members: Vec<Member>,
     form: Form,
     extra_args: Vec<String>,
+    /// How the fixture itself talks to members: plain HTTP, or HTTPS
+    /// trusting this CA file; and the token, if any.
+    client: Mutex<(Option<PathBuf>, Option<String>)>,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
 
@@ -286,6 +294,7 @@ impl Cluster {
             members,
             form,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            client: Mutex::default(),
             _one_at_a_time: guard,
         }
     }
@@ -496,9 +505,50 @@ impl Cluster {
         self.members[i].lives.log()
     }
 
+    /// Makes the fixture reach members over HTTPS trusting `ca`, and
+    /// send `token`, as members started with TLS and a token require.
+    pub fn set_client(&self, ca: Option<&Path>, token: Option<&str>) {
+        *self.client.lock().unwrap() = (ca.map(Path::to_owned), token.map(str::to_owned));
+    }
+
+    /// One request to member `i`, as the fixture's client is set up.
+    pub fn send(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Response> {
+        let (ca, token) = self.client.lock().unwrap().clone();
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|a| ("Authorization", a.as_str()))
+            .collect();
+        match ca {
+            Some(ca) => https_request(self.addr(i), &ca, method, path, &headers, body),
+            None if headers.is_empty() => send_raw_request(self.addr(i), method, path, body),
+            None => {
+                let mut raw = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+                    self.addr(i),
+                    body.map_or(0, <[u8]>::len)
+                );
+                for (name, value) in &headers {
+                    raw.push_str(&format!("{name}: {value}\r\n"));
+                }
+                raw.push_str("\r\n");
+                let mut raw = raw.into_bytes();
+                raw.extend_from_slice(body.unwrap_or_default());
+                crate::common::send_raw(self.addr(i), &raw)
+            }
+        }
+    }
+
     /// `GET /cluster/info` of member `i`, or why it could not be had.
     pub fn try_info(&self, i: usize) -> Result<Info, String> {
-        let response = send_raw_request(self.addr(i), "GET", "/cluster/info", None)
+        let response = self
+            .send(i, "GET", "/cluster/info", None)
             .map_err(|e| format!("GET /cluster/info: {e}"))?;
         if response.status != 200 {
             return Err(format!("GET /cluster/info: {response:?}"));

@@ -18,4 +18,5 @@ mod mode;
 mod offline;
 mod partition;
 mod redirect;
+mod security;
 mod shutdown;

@@ -3,6 +3,8 @@
 //! shows responses byte for byte.
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -288,7 +290,7 @@ pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
 
 /// Reads one response from `stream`, which the server then closes or
 /// keeps open.
-pub fn read_response(stream: &mut TcpStream, head: bool) -> std::io::Result<Response> {
+pub fn read_response(stream: &mut impl Read, head: bool) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     loop {

@@ -487,6 +487,11 @@ impl NetCluster {
             .env("ADDR", &member.id)
             .env("PEERS", peers.join(","))
             .env("DATA_DIR", member.dir.path())
+            // Members listen on bridge addresses, which protected mode
+            // refuses without a token. The soak judges consistency, not
+            // authentication (tests/security.rs and the cluster tests
+            // do), so it waives it as a container entrypoint would.
+            .env("KVS_INSECURE", "1")
             .args(&self.extra_args);
         command
     }
