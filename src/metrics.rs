@@ -105,7 +105,7 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Writes made durable by one fsync (group commit).
     pub batch_writes: Histogram,
-    /// How long each checkpoint (or compaction) took.
+    /// How long each completed checkpoint (or compaction) took.
     pub checkpoint_seconds: Histogram,
     checkpoints: Family<ResultLabels, Counter>,
     /// Failed reads, writes, fsyncs and renames of the data directory.
@@ -200,7 +200,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "checkpoint_duration",
-            "Time each checkpoint (a member: each compaction) took",
+            "Time each completed checkpoint (a member: each compaction) took",
             Unit::Seconds,
             self.checkpoint_seconds.clone(),
         );
@@ -271,13 +271,25 @@ impl Metrics {
         }
     }
 
-    /// Counts a finished checkpoint (or compaction).
-    pub fn checkpoint(&self, ok: bool, took: Duration) {
+    /// Counts a checkpoint (or compaction) that completed in `took`.
+    pub fn checkpoint_done(&self, took: Duration) {
         self.checkpoint_seconds.observe(took.as_secs_f64());
-        let result = if ok { "ok" } else { "failed" };
         self.checkpoints
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&ResultLabels { result: "ok" })
             .inc();
+    }
+
+    /// Counts a checkpoint (or compaction) that failed.
+    pub fn checkpoint_failed(&self) {
+        self.checkpoints
+            .get_or_create(&ResultLabels { result: "failed" })
+            .inc();
+    }
+
+    /// Counts one fsync of the log that made `writes` writes durable.
+    pub fn fsynced(&self, took: Duration, writes: usize) {
+        self.fsync_seconds.observe(took.as_secs_f64());
+        self.batch_writes.observe(writes as f64);
     }
 
     /// The exposition: what single nodes and members both show, and with

@@ -107,6 +107,7 @@ impl Runner {
         ) {
             fatal(&format!("cannot switch to the compacted snapshot: {e}"));
         }
+        crate::metrics::get().checkpoint_done(done.started.elapsed());
         info!(
             "compaction done: snapshot at index {} ({} keys, {} bytes) in {} ms; the Raft log went from {before} to {} bytes",
             done.index,

@@ -181,6 +181,8 @@ pub struct LogStore {
     commit_written: u64,
     /// Whether lines were appended since the last fsync.
     unsynced: bool,
+    /// Entries appended since the last fsync: the batch it makes durable.
+    unsynced_entries: usize,
     buf: Vec<u8>,
 }
 
@@ -266,6 +268,7 @@ impl LogStore {
             log_len: replayed.valid_bytes,
             commit_written: commit,
             unsynced: false,
+            unsynced_entries: 0,
             buf: Vec::new(),
         })
     }
@@ -394,6 +397,7 @@ impl LogStore {
             // replaced.
         }
         self.buf.clear();
+        self.unsynced_entries += new.len();
         for entry in new {
             self.offsets.push(self.log_len + self.buf.len() as u64);
             write!(
@@ -441,10 +445,17 @@ impl LogStore {
 
     /// Makes everything appended durable: one fsync for the whole batch.
     pub fn sync(&mut self) -> Result<(), LogStoreError> {
+        let metrics = crate::metrics::get();
         if self.unsynced {
+            let started = std::time::Instant::now();
             self.log.sync_data().map_err(|error| self.io(error))?;
+            metrics.fsynced(started.elapsed(), self.unsynced_entries);
             self.unsynced = false;
+            self.unsynced_entries = 0;
         }
+        metrics
+            .log_bytes
+            .set(i64::try_from(self.log_len).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -458,6 +469,7 @@ impl LogStore {
     }
 
     fn io(&self, error: io::Error) -> LogStoreError {
+        crate::metrics::get().disk_errors.inc();
         LogStoreError::Io {
             path: self.layout.raft_log(),
             error,

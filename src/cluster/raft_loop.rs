@@ -222,6 +222,7 @@ impl Runner {
             Event::Compacted(done) => self.compacted(done),
             Event::CompactionFailed(e) => {
                 error!("compaction failed: {e}; the Raft log keeps every entry, retrying in 10 s");
+                crate::metrics::get().checkpoint_failed();
                 self.compacting = false;
                 self.compaction_retry = Some(Instant::now() + Duration::from_secs(10));
             }

@@ -70,11 +70,21 @@ fn members_with_a_token_and_tls_replicate_and_one_with_another_token_never_joins
     }
     let metrics = cluster.send(leader, "GET", "/metrics", None).unwrap();
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    assert!(
-        metrics.text().contains("kvs_raft_role{role=\"leader\"} 1"),
-        "{}",
-        metrics.text()
-    );
+    let text = metrics.text();
+    assert!(text.contains("kvs_raft_role{role=\"leader\"} 1"), "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("kvs_raft_term") >= 1.0, "{text}");
+    assert!(value("kvs_raft_leader_changes_total") >= 1.0, "{text}");
+    assert!(value("kvs_raft_commit_index") >= 2.0, "{text}");
+    assert!(value("kvs_fsync_duration_seconds_count") >= 1.0, "{text}");
+    assert!(value("kvs_log_size_bytes") > 0.0, "{text}");
+    assert_eq!(value("kvs_keys"), 1.0, "{text}");
 
     // The third member comes up with another token: the others refuse
     // its messages, so it never learns of the leader, and they go on.
