@@ -1197,6 +1197,18 @@ mod tests {
     }
 
     #[test]
+    fn retries_back_off_from_100_ms_doubling_up_to_5_s() {
+        let mut retry = Retry::after(None);
+        let mut waits = vec![retry.wait.as_millis()];
+        for _ in 0..8 {
+            retry = Retry::after(Some(retry));
+            waits.push(retry.wait.as_millis());
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert!(retry.at > Instant::now() + Duration::from_secs(4));
+    }
+
+    #[test]
     fn invalid_keys_in_records_are_refused() {
         let text = "{\"op\":\"set\",\"key\":\"a b\",\"value\":\"1\"}\n{\"op\":\"clear\"}\n";
         let (_dir, path) = log_with(text.as_bytes());
