@@ -10,7 +10,8 @@
 //! `commands` (one module per subcommand) use `http` (the API and its
 //! server) and `storage` (the in-memory map, the data-file format, the
 //! write-ahead log and the directory's layout); `storage` uses nothing
-//! above it.
+//! above it. `security` (the token, TLS) serves `http` and `cluster`;
+//! `metrics` is a leaf every layer records into.
 
 pub mod cli;
 pub mod cluster;

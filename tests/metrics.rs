@@ -47,6 +47,15 @@ fn metrics_count_requests_and_show_the_store_and_the_log() {
     assert_eq!(sample(&after, "kvs_keys"), Some(25.0), "{after}");
     let latencies = r#"kvs_http_request_duration_seconds_count{method="PUT",route="/kv/{key}"}"#;
     assert_eq!(sample(&after, latencies), Some(25.0), "{after}");
+    // Every PUT was fsynced, in at least one batch.
+    let batches = sample(&after, "kvs_fsync_duration_seconds_count").expect("fsync count");
+    assert!((1.0..=25.0).contains(&batches), "{after}");
+    let batched = sample(&after, "kvs_fsync_batch_writes_sum").expect("batch sum");
+    assert_eq!(batched, 25.0, "{after}");
+    assert!(
+        sample(&after, "kvs_log_size_bytes").expect("log size") > 0.0,
+        "{after}"
+    );
     // The previous scrape is counted too.
     let scrapes = r#"kvs_http_requests_total{method="GET",route="/metrics",status="200"}"#;
     assert_eq!(sample(&after, scrapes), Some(1.0), "{after}");
@@ -102,4 +111,50 @@ fn metrics_need_the_token_like_everything_but_health() {
     let server = Server::start(data.path(), &["--token-file", token.to_str().unwrap()]);
     let response = request(server.addr, "GET", "/metrics", None);
     response.assert(401, "unauthorized\n");
+}
+
+#[test]
+fn metrics_count_disk_errors_and_checkpoints() {
+    let data = temp_dir();
+    // The second fsync fails once (a test build's fault injection); the
+    // log heals, and a small log limit makes checkpoints frequent.
+    let server = Server::try_start_with_env(
+        data.path(),
+        &["--wal-max-bytes", "2000"],
+        &[("KVS_FAIL_AT", "wal-fsync#2")],
+    )
+    .unwrap_or_else(|exit| panic!("{}", exit.log));
+    server.put("a", "1").assert(200, "");
+    let refused = server.put("b", "2");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    let started = std::time::Instant::now();
+    // Writes resume on their own; then enough of them for checkpoints.
+    let mut written = 0;
+    while written < 200 {
+        assert!(started.elapsed().as_secs() < 20, "writes did not resume");
+        if server.put(&format!("k{written}"), &"v".repeat(40)).status == 200 {
+            written += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&server);
+        if sample(&text, r#"kvs_checkpoints_total{result="ok"}"#).is_some_and(|n| n >= 1.0) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint counted:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        sample(&text, "kvs_disk_errors_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "kvs_checkpoint_duration_seconds_count").unwrap() >= 1.0,
+        "{text}"
+    );
+    promtool_accepts(&text);
 }

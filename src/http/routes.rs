@@ -24,7 +24,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use warp::Filter;
 use warp::http::header::{
-    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
@@ -520,22 +520,20 @@ async fn read_body<B: Buf>(
 
 /// The answer to a write: 200 once it is durable and applied; otherwise
 /// it was not applied, so it must not be acknowledged: 503 while shutting
-/// down, 500 once the log cannot be written.
+/// down, and 503 with `Retry-After` while a disk error keeps the log
+/// closed (writes resume by themselves once it is healed).
 fn written(result: Result<(), WriteError>) -> Response {
-    let (status, body) = match result {
+    let (body, header) = match result {
         Ok(()) => return text(StatusCode::OK, Bytes::new()),
         Err(WriteError::ShuttingDown) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n")
+            ("server is shutting down\n".into(), (CONNECTION, "close"))
         }
-        Err(WriteError::LogFailed) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "write could not be made durable\n",
-        ),
+        Err(e @ WriteError::DiskFailed(_)) => (format!("{e}\n"), (RETRY_AFTER, "1")),
     };
-    let mut response = text(status, body);
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body);
     response
         .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+        .insert(header.0, HeaderValue::from_static(header.1));
     response
 }
 

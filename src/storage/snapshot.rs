@@ -19,7 +19,7 @@ use rayon::slice::ParallelSlice;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::storage::validate;
+use crate::storage::{fault, validate};
 
 /// What a line is written as. Field order is the format's field order.
 #[derive(Serialize)]
@@ -331,15 +331,19 @@ fn write_then_rename<T>(
         inner: BufWriter::with_capacity(1 << 20, file),
         bytes: 0,
     };
-    let filled = fill(&mut out).map_err(fail("writing the temp file"))?;
+    let filled = fill(&mut out)
+        .and_then(|filled| fault::io_point("snapshot-write").map(|()| filled))
+        .map_err(fail("writing the temp file"))?;
     let file = out
         .inner
         .into_inner()
         .map_err(|e| fail("writing the temp file")(e.into_error()))?;
     file.sync_all().map_err(fail("syncing the temp file"))?;
     drop(file);
-    crate::storage::fault::crash_point("snapshot:before-rename");
-    std::fs::rename(tmp, target).map_err(fail("renaming the temp file"))?;
+    fault::crash_point("snapshot:before-rename");
+    fault::io_point("snapshot-rename")
+        .and_then(|()| std::fs::rename(tmp, target))
+        .map_err(fail("renaming the temp file"))?;
     sync_dir(target).map_err(fail(SYNC_DIR_STEP))?;
     Ok(filled)
 }

@@ -3,9 +3,11 @@
 //!
 //! Owns the log's format, the one writer thread that appends, syncs and
 //! applies in log order (so memory always equals snapshot + log replay),
-//! recovery (dropping a torn last record) and checkpoints. It must never
-//! block a tokio worker thread: requests reach the writer through a channel
-//! and wait for its answer asynchronously.
+//! recovery (dropping a torn last record), checkpoints, and healing after
+//! a disk error. It must never block a tokio worker thread: requests reach
+//! the writer through a channel and wait for its answer asynchronously;
+//! and it must never acknowledge a write that is not durable, nor append
+//! again to a file whose write or fsync failed.
 //!
 //! # Format
 //!
@@ -43,6 +45,50 @@
 //! full (see above). At shutdown the store is saved whole and both logs are
 //! removed afterwards; at start, a leftover `wal.prev.jsonl` is folded in
 //! before serving.
+//!
+//! A checkpoint that fails (at step 1's rename, or in step 2 or 3) changes
+//! nothing a replay depends on, and is tried again with backoff (100 ms,
+//! doubling up to 5 s) while writes go on; no new checkpoint begins before
+//! it succeeds (`wal.jsonl` just grows meanwhile). Only one background
+//! thread, a checkpoint or a heal, writes the data file at a time.
+//!
+//! # When the disk fails
+//!
+//! A failed append or fsync of the log suspends writes. The batch it was
+//! writing is answered 503 and never applied, so memory still holds
+//! exactly the acknowledged writes. The failed file is never appended to
+//! or trusted again: after a failed fsync the kernel may have dropped its
+//! dirty pages and reports that only once. Whatever part of the refused
+//! batch reached it is cut off at once (the file is truncated to the
+//! length of its acknowledged records), since a restart must never replay
+//! a write that was refused. Then a heal, retried with backoff (100 ms,
+//! doubling up to 5 s) until it succeeds, while writes get 503 and reads
+//! go on: (a) the store is written as the data file (temp file, fsync,
+//! rename, directory fsync); (b) `wal.prev.jsonl` and `wal.jsonl` are
+//! removed and the directory synced; (c) a new, empty `wal.jsonl` is
+//! created and synced, with its directory. Only then are writes taken
+//! again. A crash (SIGKILL, power cut) at any moment of this leaves:
+//!
+//! - before (a)'s rename: the old data file and the logs. Every
+//!   acknowledged write is in them (with `--fsync always`, each was synced
+//!   before its 200; the failure only concerned the refused batch, which
+//!   the cut removed), so recovery is the usual one.
+//! - after (a)'s rename, before (b) is done: the new data file, which is
+//!   the state at the end of both logs, with both logs or only
+//!   `wal.jsonl`. Replaying them over it changes nothing (see above), and
+//!   since the cut took the refused records off, replay cannot bring back
+//!   a write that was refused, nor undo a delete.
+//! - after (b), before (c): the new data file alone, which is the whole
+//!   state; a missing log reads as empty.
+//! - after (c): the new data file and an empty log; writes resumed, and
+//!   every later write is in the new log.
+//!
+//! Nothing arriving during the heal is acknowledged, so nothing is lost.
+//! With `--fsync periodic`, a failed sync may have lost acknowledged
+//! records from the log's pages; they are in memory, and step (a) saves
+//! them. If even the cut fails, the heal waits and tries the cut again
+//! first: until it succeeds, a crash could replay the refused batch (never
+//! lose an acknowledged write), and it is logged as such.
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -141,13 +187,15 @@ impl Op<'_> {
     }
 }
 
-/// Why a write was not acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+/// Why a write was not acknowledged. Either way it was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WriteError {
     #[error("the server is shutting down")]
     ShuttingDown,
-    #[error("the write-ahead log cannot be written; the server accepts no more writes")]
-    LogFailed,
+    /// The log could not be appended to or synced (the OS error); writes
+    /// resume by themselves once a new data file and log are durable.
+    #[error("write not applied: disk error: {0}; retry later")]
+    DiskFailed(Arc<str>),
 }
 
 /// What to do with a torn last record.
@@ -352,7 +400,15 @@ enum Message {
     },
     /// Finish what was sent before, sync, and stop.
     Stop,
+    /// The background job (a checkpoint or a heal) has ended: join it.
+    JobEnded,
 }
+
+/// A write waiting for its batch to be logged, and where its answer goes.
+type Waiting = (
+    Op<'static>,
+    tokio::sync::oneshot::Sender<Result<(), WriteError>>,
+);
 
 /// The handle the HTTP layer submits writes through.
 pub struct Wal {
@@ -391,7 +447,9 @@ impl Writer {
     pub fn start(layout: Layout, store: Arc<Store>, options: Options) -> io::Result<(Wal, Writer)> {
         let log = open_log(&layout.wal())?;
         let log_len = log.metadata()?.len();
+        let prev_exists = layout.wal_prev().exists();
         let (tx, rx) = mpsc::channel();
+        let wake = tx.clone();
         let thread = std::thread::Builder::new()
             .name("kvs-wal".into())
             .spawn(move || {
@@ -399,12 +457,16 @@ impl Writer {
                     layout,
                     store,
                     options,
-                    log,
+                    wake,
+                    log: Some(log),
                     log_len,
                     unsynced: false,
+                    unsynced_writes: 0,
                     last_sync: Instant::now(),
-                    checkpoint: None,
-                    failed: false,
+                    job: None,
+                    prev_exists,
+                    checkpoint_retry: None,
+                    suspended: None,
                 };
                 state.run(&rx);
             })?;
@@ -412,8 +474,8 @@ impl Writer {
     }
 
     /// Stops the writer once everything submitted so far is durable and
-    /// applied, and waits for a running checkpoint. Later submissions fail
-    /// with `ShuttingDown`.
+    /// applied (or refused), and waits for a running checkpoint or heal.
+    /// Later submissions fail with `ShuttingDown`.
     pub fn stop(self) {
         let _ = self.tx.send(Message::Stop);
         if self.thread.join().is_err() {
@@ -437,139 +499,236 @@ fn open_log(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Appends a batch to the log.
+fn append(log: &mut File, buf: &[u8]) -> io::Result<()> {
+    if let Err(error) = fault::io_point("wal-append") {
+        // As a full disk fails: part of the batch lands, then the error.
+        let _ = log.write_all(&buf[..buf.len() / 2]);
+        return Err(error);
+    }
+    log.write_all(buf)
+}
+
+/// Makes the log's appended records durable.
+fn sync_log(log: &File) -> io::Result<()> {
+    fault::io_point("wal-fsync")?;
+    log.sync_data()
+}
+
+/// When a heal or a checkpoint that failed is tried again: the first retry
+/// after `FIRST_RETRY`, each further one after twice the wait before, up
+/// to `MAX_RETRY`, so a disk that stays full is not hammered and one that
+/// recovers is used again within seconds.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    wait: Duration,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+impl Retry {
+    fn first() -> Retry {
+        Retry {
+            at: Instant::now() + FIRST_RETRY,
+            wait: FIRST_RETRY,
+        }
+    }
+
+    /// The retry after this one failed too.
+    fn next(self) -> Retry {
+        let wait = (self.wait * 2).min(MAX_RETRY);
+        Retry {
+            at: Instant::now() + wait,
+            wait,
+        }
+    }
+
+    /// The retry after a failure that may follow earlier ones.
+    fn after(previous: Option<Retry>) -> Retry {
+        previous.map_or_else(Retry::first, Retry::next)
+    }
+}
+
+/// Writes are suspended: the log failed, and a heal has not succeeded yet.
+struct Suspended {
+    /// The OS error that suspended them, as refused writes are told.
+    reason: Arc<str>,
+    since: Instant,
+    retry: Retry,
+    /// Heals tried so far.
+    attempts: u32,
+    /// The failed log and the length of its acknowledged records, while
+    /// records of the refused batch may still sit after them.
+    uncut: Option<(File, u64)>,
+}
+
+/// What a background job did.
+enum JobOutcome {
+    /// Steps 2 and 3 of a checkpoint.
+    Checkpoint(Result<(), CheckpointError>),
+    /// A heal: the new log, and what was saved.
+    Heal(Result<(File, snapshot::WriteSummary), HealError>),
+}
+
+/// Why a heal failed; it is tried again.
+#[derive(Debug, Error)]
+enum HealError {
+    #[error(transparent)]
+    Fold(#[from] CheckpointError),
+    #[error("cannot create {}: {error}", path.display())]
+    NewLog {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+}
+
 struct WriterState {
     layout: Layout,
     store: Arc<Store>,
     options: Options,
-    /// `wal.jsonl`, open for appending.
-    log: File,
+    /// Lets a background job wake the writer when it ends.
+    wake: mpsc::Sender<Message>,
+    /// `wal.jsonl`, open for appending; `None` while writes are suspended.
+    log: Option<File>,
     /// Its length: where the next batch goes, and what a failed batch is
     /// cut back to.
     log_len: u64,
     /// Whether records were appended since the last fsync (`periodic`).
     unsynced: bool,
+    /// Writes appended since the last fsync (`periodic`): the batch the
+    /// next one makes durable, for the metrics.
+    unsynced_writes: usize,
     last_sync: Instant,
-    /// The checkpoint thread, while one runs.
-    checkpoint: Option<JoinHandle<()>>,
-    /// Set after a failed append or fsync: the log's tail is unknown, so no
-    /// further write may be acknowledged.
-    failed: bool,
+    /// The one background thread that writes the data file, a checkpoint
+    /// or a heal, while one runs: never two at once, since both write
+    /// through the same temp file.
+    job: Option<JoinHandle<JobOutcome>>,
+    /// Whether `wal.prev.jsonl` exists: a checkpoint has switched logs and
+    /// not yet folded the old one into the data file.
+    prev_exists: bool,
+    /// When to try again a checkpoint that failed.
+    checkpoint_retry: Option<Retry>,
+    /// Set from a failed append or fsync until a heal succeeds.
+    suspended: Option<Suspended>,
 }
 
 impl WriterState {
     fn run(&mut self, rx: &mpsc::Receiver<Message>) {
-        let mut batch: Vec<(
-            Op<'static>,
-            tokio::sync::oneshot::Sender<Result<(), WriteError>>,
-        )> = Vec::new();
+        let mut batch: Vec<Waiting> = Vec::new();
         let mut buf = Vec::new();
         loop {
-            let first = match self.next_message(rx) {
-                Some(message) => message,
-                None => continue,
-            };
-            let mut stop = matches!(first, Message::Stop);
-            if let Message::Write { op, done } = first {
-                batch.push((op, done));
+            let mut stop = false;
+            match self.next_message(rx) {
+                Some(Message::Write { op, done }) => batch.push((op, done)),
+                Some(Message::Stop) => stop = true,
+                Some(Message::JobEnded) => self.job_ended(),
+                None => {}
             }
-            // Group commit: everything that queued while the last fsync
-            // ran goes into this one append and this one fsync.
-            while !stop && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Message::Write { op, done }) => batch.push((op, done)),
-                    Ok(Message::Stop) => stop = true,
-                    Err(_) => break,
-                }
-            }
+            self.sync_if_due();
             if !batch.is_empty() {
+                // Group commit: everything that queued while the last
+                // fsync ran goes into this one append and this one fsync.
+                while !stop && batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Message::Write { op, done }) => batch.push((op, done)),
+                        Ok(Message::Stop) => stop = true,
+                        Ok(Message::JobEnded) => self.job_ended(),
+                        Err(_) => break,
+                    }
+                }
                 self.commit(&mut batch, &mut buf);
             }
             if stop {
                 self.finish();
                 return;
             }
-            self.maybe_checkpoint();
+            self.start_due_work();
         }
     }
 
-    /// Waits for the next message; in `periodic` mode wakes up to sync
-    /// when a second has passed with records unsynced. `None` means "woke
-    /// up, nothing to do".
-    fn next_message(&mut self, rx: &mpsc::Receiver<Message>) -> Option<Message> {
-        if !self.unsynced {
+    /// Waits for the next message, or until something is due: a periodic
+    /// sync, a heal or a checkpoint retry. `None` means "woke up, nothing
+    /// arrived".
+    fn next_message(&self, rx: &mpsc::Receiver<Message>) -> Option<Message> {
+        let Some(due) = self.next_due() else {
             return Some(rx.recv().unwrap_or(Message::Stop));
-        }
-        let due = self.last_sync + PERIODIC_INTERVAL;
+        };
         match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-            Ok(message) => {
-                if Instant::now() >= due {
-                    self.sync();
-                }
-                Some(message)
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.sync();
-                None
-            }
+            Ok(message) => Some(message),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => Some(Message::Stop),
         }
     }
 
-    fn commit(
-        &mut self,
-        batch: &mut Vec<(
-            Op<'static>,
-            tokio::sync::oneshot::Sender<Result<(), WriteError>>,
-        )>,
-        buf: &mut Vec<u8>,
-    ) {
-        if self.failed {
+    /// The next moment the writer has something to do unasked.
+    fn next_due(&self) -> Option<Instant> {
+        let sync = self.unsynced.then(|| self.last_sync + PERIODIC_INTERVAL);
+        // A retry waits for the running job, which wakes the writer.
+        let retry = match (&self.job, &self.suspended) {
+            (Some(_), _) => None,
+            (None, Some(suspended)) => Some(suspended.retry.at),
+            (None, None) => self.checkpoint_retry.map(|retry| retry.at),
+        };
+        [sync, retry].into_iter().flatten().min()
+    }
+
+    /// The refusal every write gets while writes are suspended.
+    fn refusal(&self) -> WriteError {
+        let reason = self.suspended.as_ref().map_or_else(
+            || Arc::from("the write-ahead log is not open"),
+            |suspended| Arc::clone(&suspended.reason),
+        );
+        WriteError::DiskFailed(reason)
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Waiting>, buf: &mut Vec<u8>) {
+        let fsync = self.options.fsync;
+        let Some(log) = self.log.as_mut() else {
+            let refusal = self.refusal();
             for (_, done) in batch.drain(..) {
-                let _ = done.send(Err(WriteError::LogFailed));
+                let _ = done.send(Err(refusal.clone()));
             }
             return;
-        }
+        };
         buf.clear();
         let len_before = self.log_len;
         for (op, _) in batch.iter() {
             serde_json::to_writer(&mut *buf, op).expect("a record always serializes");
             buf.push(b'\n');
         }
-        let durable = self
-            .log
-            .write_all(buf)
-            .and_then(|()| match self.options.fsync {
-                FsyncPolicy::Always => self.log.sync_data(),
+        let metrics = crate::metrics::get();
+        let durable = append(log, buf)
+            .map_err(|e| ("append to", e))
+            .and_then(|()| match fsync {
+                FsyncPolicy::Always => {
+                    let started = Instant::now();
+                    sync_log(log).map_err(|e| ("sync", e))?;
+                    metrics.fsynced(started.elapsed(), batch.len());
+                    Ok(())
+                }
                 FsyncPolicy::Periodic => Ok(()),
             });
-        if let Err(e) = durable {
-            error!(
-                "cannot append to {}: {e}; refusing all further writes (reads go on; the data saved at shutdown is what was acknowledged)",
-                self.layout.wal().display()
-            );
-            self.failed = true;
-            // Whole records of this batch may have reached the file; they
-            // were not applied or acknowledged, so they must not be
-            // replayed either.
-            if let Err(e) = self
-                .log
-                .set_len(len_before)
-                .and_then(|()| self.log.sync_data())
-            {
-                error!(
-                    "cannot cut {} back to its last acknowledged record: {e}; a restart may replay writes that were refused",
-                    self.layout.wal().display()
-                );
-            }
+        if let Err((what, e)) = durable {
+            // Not applied, not acknowledged: memory keeps holding only
+            // acknowledged writes, which is what the heal saves.
+            self.suspend(what, e, Some(len_before));
+            let refusal = self.refusal();
             for (_, done) in batch.drain(..) {
-                let _ = done.send(Err(WriteError::LogFailed));
+                let _ = done.send(Err(refusal.clone()));
             }
             return;
         }
         self.log_len += buf.len() as u64;
-        match self.options.fsync {
+        metrics.log_bytes.set(gauge(self.log_len));
+        match fsync {
             FsyncPolicy::Always => self.last_sync = Instant::now(),
-            FsyncPolicy::Periodic => self.unsynced = true,
+            FsyncPolicy::Periodic => {
+                self.unsynced = true;
+                self.unsynced_writes += batch.len();
+            }
         }
         fault::crash_point("wal:after-append");
         // Applied in log order, after the append: readers see a write only
@@ -580,82 +739,303 @@ impl WriterState {
         }
     }
 
-    fn sync(&mut self) {
-        if let Err(e) = self.log.sync_data() {
-            error!(
-                "cannot sync {}: {e}; refusing all further writes",
-                self.layout.wal().display()
-            );
-            self.failed = true;
+    fn sync_if_due(&mut self) {
+        if self.unsynced && Instant::now() >= self.last_sync + PERIODIC_INTERVAL {
+            self.sync();
         }
+    }
+
+    fn sync(&mut self) {
         self.unsynced = false;
         self.last_sync = Instant::now();
+        let writes = std::mem::take(&mut self.unsynced_writes);
+        let Some(log) = &self.log else {
+            return;
+        };
+        let started = Instant::now();
+        let synced = sync_log(log);
+        if synced.is_ok() {
+            crate::metrics::get().fsynced(started.elapsed(), writes);
+        }
+        if let Err(e) = synced {
+            // Every record in the log was acknowledged, so none is cut;
+            // those the failed sync may have lost are in memory, and the
+            // heal saves them.
+            self.suspend("sync", e, None);
+        }
     }
 
-    /// Starts a checkpoint when the log has grown past the limit and none
-    /// is running.
-    fn maybe_checkpoint(&mut self) {
-        if self.failed {
+    /// Stops taking writes after the log failed to `what` (append to,
+    /// sync, create): the failed file is dropped for good, records of the
+    /// refused batch (from `refused_from` on) are cut off it, and a heal
+    /// is scheduled (see "When the disk fails" in the module docs).
+    fn suspend(&mut self, what: &str, error: io::Error, refused_from: Option<u64>) {
+        crate::metrics::get().disk_errors.inc();
+        error!(
+            "writes suspended: cannot {what} {}: {error}; writes get 503 until a new data file and log are written (retried with backoff, 100 ms doubling up to 5 s); reads go on",
+            self.layout.wal().display()
+        );
+        self.unsynced = false;
+        let failed = self.log.take();
+        let uncut = match (failed, refused_from) {
+            (Some(file), Some(len)) => cut_refused(file, len, &self.layout.wal()),
+            _ => None,
+        };
+        self.suspended = Some(Suspended {
+            reason: Arc::from(error.to_string()),
+            since: Instant::now(),
+            retry: Retry::first(),
+            attempts: 0,
+            uncut,
+        });
+    }
+
+    /// Starts whatever is due and can start: a heal while writes are
+    /// suspended, else a checkpoint (new, or the retry of a failed one).
+    fn start_due_work(&mut self) {
+        if self.job.is_some() {
             return;
         }
-        if let Some(running) = &self.checkpoint {
-            if !running.is_finished() {
+        let now = Instant::now();
+        if let Some(suspended) = &self.suspended {
+            if now >= suspended.retry.at {
+                self.start_heal();
+            }
+            return;
+        }
+        match self.checkpoint_retry {
+            Some(retry) if now < retry.at => {}
+            None if self.log_len < self.options.max_bytes && !self.prev_exists => {}
+            _ => self.start_checkpoint(),
+        }
+    }
+
+    fn start_heal(&mut self) {
+        let wal = self.layout.wal();
+        let Some(suspended) = self.suspended.as_mut() else {
+            return;
+        };
+        suspended.attempts += 1;
+        if let Some((file, len)) = suspended.uncut.take() {
+            // The heal must not begin while a refused write could still be
+            // replayed: the data file it writes would make the failed log
+            // look like old records to replay over it.
+            suspended.uncut = cut_refused(file, len, &wal);
+            if suspended.uncut.is_some() {
+                suspended.retry = suspended.retry.next();
                 return;
             }
-            if let Some(done) = self.checkpoint.take() {
-                let _ = done.join();
+        }
+        let started = self.spawn_job("kvs-heal", |layout, store| {
+            JobOutcome::Heal(heal(layout, store))
+        });
+        if !started && let Some(suspended) = self.suspended.as_mut() {
+            suspended.retry = suspended.retry.next();
+        }
+    }
+
+    /// Step 1 of a checkpoint unless it is done already (the retry of a
+    /// failed fold), then steps 2 and 3 in the background.
+    fn start_checkpoint(&mut self) {
+        if !self.prev_exists {
+            let Some(log) = &self.log else {
+                return;
+            };
+            if let Err(e) = sync_log(log) {
+                self.suspend("sync", e, None);
+                return;
             }
+            self.unsynced = false;
+            if let Err(e) = std::fs::rename(self.layout.wal(), self.layout.wal_prev()) {
+                // Nothing changed: the log goes on, and so do writes.
+                self.checkpoint_failed(&format!(
+                    "cannot rename {} to {}: {e}",
+                    self.layout.wal().display(),
+                    self.layout.wal_prev().display()
+                ));
+                return;
+            }
+            self.prev_exists = true;
+            fault::crash_point("checkpoint:after-log-switch");
+            match open_log(&self.layout.wal()) {
+                Ok(log) => {
+                    self.log = Some(log);
+                    self.log_len = 0;
+                    crate::metrics::get().log_bytes.set(0);
+                    crate::metrics::get().log_bytes.set(0);
+                }
+                Err(e) => {
+                    // The old log is wal.prev.jsonl now; with no log to
+                    // append to, writes wait for the heal, which also
+                    // does this checkpoint's work.
+                    self.suspend("create", e, None);
+                    return;
+                }
+            }
+            info!(
+                "checkpoint begun: {} is now {}",
+                self.layout.wal().display(),
+                self.layout.wal_prev().display()
+            );
         }
-        if self.log_len < self.options.max_bytes || self.layout.wal_prev().exists() {
-            return;
+        if !self.spawn_job("kvs-checkpoint", |layout, store| {
+            JobOutcome::Checkpoint(checkpoint(layout, store))
+        }) {
+            self.checkpoint_failed("the checkpoint thread could not start");
         }
-        if let Err(e) = self.switch_logs() {
-            error!("cannot start a checkpoint: {e}; refusing all further writes");
-            self.failed = true;
-            return;
-        }
+    }
+
+    fn checkpoint_failed(&mut self, reason: &str) {
+        let metrics = crate::metrics::get();
+        metrics.checkpoint_failed();
+        // Every way a checkpoint fails is the disk's: a rename, a write,
+        // an fsync or a removal.
+        metrics.disk_errors.inc();
+        let retry = Retry::after(self.checkpoint_retry);
+        error!(
+            "checkpoint failed: {reason}; retrying in {} ms (the logs keep every write meanwhile)",
+            retry.wait.as_millis()
+        );
+        self.checkpoint_retry = Some(retry);
+    }
+
+    /// Runs `job` on a thread of its own, which wakes the writer when it
+    /// ends. False if the thread could not start.
+    fn spawn_job(
+        &mut self,
+        name: &str,
+        job: impl FnOnce(&Layout, &Store) -> JobOutcome + Send + 'static,
+    ) -> bool {
         let layout = self.layout.clone();
         let store = Arc::clone(&self.store);
+        let wake = self.wake.clone();
         let spawned = std::thread::Builder::new()
-            .name("kvs-checkpoint".into())
+            .name(name.into())
             .spawn(move || {
-                if let Err(e) = checkpoint(&layout, &store) {
-                    // Nothing is lost: the logs still hold every write.
-                    error!("checkpoint failed: {e}; the logs keep every write and the next start folds them in");
-                }
+                let outcome = job(&layout, &store);
+                let _ = wake.send(Message::JobEnded);
+                outcome
             });
         match spawned {
-            Ok(thread) => self.checkpoint = Some(thread),
-            Err(e) => error!("cannot start the checkpoint thread: {e}"),
+            Ok(thread) => {
+                self.job = Some(thread);
+                true
+            }
+            Err(e) => {
+                error!("cannot start the {name} thread: {e}");
+                false
+            }
         }
     }
 
-    /// Step 1 of a checkpoint: `wal.jsonl` becomes `wal.prev.jsonl` and a
-    /// new, empty `wal.jsonl` takes the writes.
-    fn switch_logs(&mut self) -> io::Result<()> {
-        self.log.sync_data()?;
-        self.unsynced = false;
-        std::fs::rename(self.layout.wal(), self.layout.wal_prev())?;
-        fault::crash_point("checkpoint:after-log-switch");
-        self.log = open_log(&self.layout.wal())?;
-        self.log_len = 0;
-        info!(
-            "checkpoint begun: {} is now {}",
-            self.layout.wal().display(),
-            self.layout.wal_prev().display()
-        );
-        Ok(())
+    fn job_ended(&mut self) {
+        let Some(thread) = self.job.take() else {
+            return;
+        };
+        match thread.join() {
+            Ok(JobOutcome::Checkpoint(Ok(()))) => {
+                self.prev_exists = false;
+                self.checkpoint_retry = None;
+            }
+            Ok(JobOutcome::Checkpoint(Err(e))) => self.checkpoint_failed(&e.to_string()),
+            Ok(JobOutcome::Heal(result)) => self.heal_ended(result),
+            Err(_) => {
+                error!("a background thread of the write-ahead log panicked; trying again");
+                match self.suspended.as_mut() {
+                    Some(suspended) => suspended.retry = suspended.retry.next(),
+                    None => self.checkpoint_retry = Some(Retry::after(self.checkpoint_retry)),
+                }
+            }
+        }
     }
 
-    /// Makes everything durable and waits for a running checkpoint.
+    fn heal_ended(&mut self, result: Result<(File, snapshot::WriteSummary), HealError>) {
+        let Some(suspended) = self.suspended.as_mut() else {
+            return;
+        };
+        match result {
+            Ok((log, saved)) => {
+                info!(
+                    "writes resumed: saved {} keys ({} bytes) to {} and started a new, empty {}, {} ms after the disk error ({} attempts)",
+                    saved.records,
+                    saved.bytes,
+                    self.layout.snapshot().display(),
+                    self.layout.wal().display(),
+                    suspended.since.elapsed().as_millis(),
+                    suspended.attempts
+                );
+                self.suspended = None;
+                self.log = Some(log);
+                self.log_len = 0;
+                crate::metrics::get().log_bytes.set(0);
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                // The heal folded wal.prev.jsonl in too.
+                self.prev_exists = false;
+                self.checkpoint_retry = None;
+            }
+            Err(e) => {
+                crate::metrics::get().disk_errors.inc();
+                suspended.retry = suspended.retry.next();
+                warn!(
+                    "writes still suspended: {e}; retrying in {} ms",
+                    suspended.retry.wait.as_millis()
+                );
+            }
+        }
+    }
+
+    /// Makes everything durable and waits for a running checkpoint or heal.
     fn finish(&mut self) {
         if self.unsynced {
             self.sync();
         }
-        if let Some(running) = self.checkpoint.take() {
+        if let Some(running) = self.job.take() {
             let _ = running.join();
         }
     }
+}
+
+/// Cuts the refused records (from `len` on) off a failed log, so that no
+/// replay can ever apply a write that was answered 503. The file is never
+/// appended to again either way. Gives the file back if the cut failed.
+fn cut_refused(file: File, len: u64, path: &Path) -> Option<(File, u64)> {
+    match file.set_len(len) {
+        Ok(()) => {
+            // Best effort: any later reader (a restart after SIGKILL
+            // included) sees the cut at once; the sync only helps it
+            // survive a power cut, and the heal removes the file anyway.
+            let _ = file.sync_all();
+            None
+        }
+        Err(e) => {
+            warn!(
+                "cannot cut the refused writes off {}: {e}; the heal waits until it can",
+                path.display()
+            );
+            Some((file, len))
+        }
+    }
+}
+
+/// Makes the store, which holds exactly the acknowledged writes, the data
+/// file, removes both logs, and starts a new, empty `wal.jsonl`; writes
+/// resume once this returns (see "When the disk fails" in the module
+/// docs). The writer refuses every write meanwhile, so the store does not
+/// change under the view, and reads go on beside it.
+fn heal(layout: &Layout, store: &Store) -> Result<(File, snapshot::WriteSummary), HealError> {
+    let saved = fold_into_data_file(layout, store.view().sorted())?;
+    fault::crash_point("heal:after-fold");
+    let log = open_log(&layout.wal()).map_err(|error| HealError::NewLog {
+        path: layout.wal(),
+        error,
+    })?;
+    Ok((log, saved))
+}
+
+/// A byte count as a gauge's value.
+fn gauge(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// Steps 2 and 3 of a checkpoint (see the module docs).
@@ -678,6 +1058,7 @@ fn checkpoint(layout: &Layout, store: &Store) -> Result<(), CheckpointError> {
     drop(pairs);
     fault::crash_point("checkpoint:after-snapshot");
     remove_logs(&[layout.wal_prev()])?;
+    crate::metrics::get().checkpoint_done(started.elapsed());
     info!(
         "checkpoint done: saved {} keys ({} bytes) in {} ms",
         saved.records,
@@ -849,6 +1230,18 @@ mod tests {
         assert_eq!(ops, 3);
         assert!(replayed.torn);
         assert_eq!(replayed.valid_bytes, GOOD.len() as u64);
+    }
+
+    #[test]
+    fn retries_back_off_from_100_ms_doubling_up_to_5_s() {
+        let mut retry = Retry::after(None);
+        let mut waits = vec![retry.wait.as_millis()];
+        for _ in 0..8 {
+            retry = Retry::after(Some(retry));
+            waits.push(retry.wait.as_millis());
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert!(retry.at > Instant::now() + Duration::from_secs(4));
     }
 
     #[test]
