@@ -88,11 +88,14 @@ impl Network {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .default_headers(headers)
+            // A peer's /raft/* never redirects; following one would send
+            // the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             // Shorter than the peers' own 30 s idle limit, so a pooled
             // connection is never reused just as the peer closes it.
             .pool_idle_timeout(Duration::from_secs(20));
-        if let Some(tls) = &security.tls {
-            client = client.use_preconfigured_tls((*tls.client).clone());
+        if let Some(config) = security.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
+            client = client.use_preconfigured_tls((**config).clone());
         }
         let client = client
             .build()
@@ -109,7 +112,7 @@ impl Network {
                 node,
                 base: format!("{scheme}://{}", members.id_of(node).expect("a member")),
                 client: client.clone(),
-                refused: Arc::new(AtomicBool::new(false)),
+                complained: Arc::new(AtomicBool::new(false)),
                 members: Arc::clone(&members),
                 events: events.clone(),
             };
@@ -168,9 +171,9 @@ struct Link {
     /// `http://HOST:PORT`, or `https://`.
     base: String,
     client: reqwest::Client,
-    /// Whether the peer's last answer was 401, so that a token mismatch
-    /// is logged once, not at every heartbeat.
-    refused: Arc<AtomicBool>,
+    /// Whether the last post failed (a 401, or no answer), so that a token
+    /// mismatch or an outage is logged once, not at every heartbeat.
+    complained: Arc<AtomicBool>,
     members: Arc<Members>,
     events: mpsc::Sender<Event>,
 }
@@ -206,11 +209,13 @@ impl Link {
             .await;
         match sent {
             Ok(response) if response.status().is_success() => {
-                self.refused.store(false, Ordering::Relaxed);
+                if self.complained.swap(false, Ordering::Relaxed) {
+                    info!("{} answers again", self.peer());
+                }
                 true
             }
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
-                if !self.refused.swap(true, Ordering::Relaxed) {
+                if !self.complained.swap(true, Ordering::Relaxed) {
                     warn!(
                         "{} refuses this member's messages (401): give every member the same --token-file",
                         self.peer()
@@ -223,11 +228,34 @@ impl Link {
                 false
             }
             Err(e) => {
-                debug!("cannot post to {}: {e}", self.peer());
+                // Once per outage, with the cause (a refused connection, a
+                // timeout, a certificate the peer's name is not in...).
+                if !self.complained.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "cannot reach {}: {}; retrying (said once until it answers)",
+                        self.peer(),
+                        error_chain(&e)
+                    );
+                } else {
+                    debug!("cannot post to {}: {e}", self.peer());
+                }
                 false
             }
         }
     }
+}
+
+/// An error and its causes, `: `-separated: reqwest's own message names
+/// only the URL.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 struct Peer {

@@ -42,7 +42,7 @@ pub fn run(args: ServeArgs, signals: Signals) -> Result<(), Error> {
     );
     // Before the lock is taken, so a refused start changes nothing at all.
     security::install_crypto_provider();
-    let security = Security::load(&args, addr.ip())?;
+    let security = Security::load(&args, addr.ip(), members.is_some())?;
     check_mode(&Layout::new(&args.dir.path), members.is_some())?;
     let dir = Locked::open(&args.dir.path)?;
     if dir.removed_stale_temp {

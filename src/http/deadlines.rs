@@ -3,18 +3,26 @@
 //! stays idle for 30 s is closed.
 //!
 //! hyper has one timer for both (it runs from the end of a response to
-//! the end of the next head), so this wrapper around a connection's
-//! stream keeps the two apart. It watches the bytes going by: the first
-//! byte read after a response starts the head's 10 s, the blank line that
-//! ends the head stops it, and a response written starts the idle 30 s.
-//! When a limit passes, the next read fails with `TimedOut` and hyper
-//! closes the connection. It must never change a byte, and never time a
-//! request whose head has arrived (its handler, its body and its response
-//! are bounded elsewhere).
+//! the end of the next head), so this module keeps the two apart with a
+//! [`Phase`] per connection, shared by two watchers: [`Deadlines`], around
+//! the connection's stream, starts the head's 10 s at the first byte read
+//! while idle and the idle 30 s at each response written; [`MarkServed`],
+//! around the service, ends the head's clock when hyper has parsed a head
+//! and calls the service, which is the only sure sign (blank lines before
+//! a request line, pipelined requests read ahead and bodies all look like
+//! heads to anything but the parser). When a limit passes, the next read
+//! fails with `TimedOut` and hyper closes the connection.
+//!
+//! It must never change a byte, and never time a request once its head has
+//! arrived: its body is bounded by the routes (`read_body`), its handler
+//! by the commit timeout, and a response that a client stops reading by
+//! the idle limit (writing it counts as activity).
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,88 +35,69 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// From the end of a response to the next request's first byte.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for a request's first byte (a new connection, or after a
-    /// response).
-    Idle,
-    /// Reading a request head.
-    Head,
-    /// The head has arrived: the request is being served.
-    Busy,
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const SERVED: u8 = 2;
+
+/// Where a connection is between requests, as both watchers see it. Both
+/// run on the connection's own task, so relaxed atomics suffice.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Relaxed);
+    }
 }
 
 /// A stream whose reads fail once a slow-client limit has passed.
 pub struct Deadlines<S> {
     inner: S,
-    phase: Phase,
-    /// When the current phase's limit passes (unused while `Busy`).
+    phase: Arc<Phase>,
+    /// When the current limit passes (unused while a request is served).
     deadline: Instant,
     /// Wakes a pending read at `deadline`. Boxed once per connection;
     /// moving a deadline later only updates it, which tokio does without
     /// touching its timer wheel.
     timer: Pin<Box<Sleep>>,
-    /// Whether the head read so far ends at the start of a line (after a
-    /// newline, and perhaps a carriage return): a newline there ends it.
-    at_line_start: bool,
 }
 
 impl<S> Deadlines<S> {
-    pub fn new(inner: S) -> Self {
+    /// Wraps a new connection's stream; `phase` is shared with the
+    /// connection's [`MarkServed`] service.
+    pub fn new(inner: S, phase: Arc<Phase>) -> Self {
         let deadline = Instant::now() + IDLE_TIMEOUT;
+        phase.set(IDLE);
         Deadlines {
             inner,
-            phase: Phase::Idle,
+            phase,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
-            at_line_start: false,
         }
     }
 
-    /// Follows the request in the bytes just read.
-    fn saw(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.phase == Phase::Idle {
-            self.phase = Phase::Head;
+    /// The first bytes after idling start a head.
+    fn read_some(&mut self) {
+        if self.phase.get() == IDLE {
+            self.phase.set(HEAD);
             self.deadline = Instant::now() + HEAD_TIMEOUT;
-            // Blank lines before a request line are skipped by parsers,
-            // not taken for the end of a head.
-            self.at_line_start = false;
-        }
-        if self.phase == Phase::Head && self.head_ends(bytes) {
-            self.phase = Phase::Busy;
         }
     }
 
-    /// Whether `bytes`, the next ones of a head, hold the empty line that
-    /// ends it (`\r\n\r\n`, or `\n\n` as lenient parsers accept).
-    fn head_ends(&mut self, bytes: &[u8]) -> bool {
-        let mut line_start = 0;
-        for newline in memchr::memchr_iter(b'\n', bytes) {
-            let line = &bytes[line_start..newline];
-            let continues = line_start > 0 || self.at_line_start;
-            if continues && (line.is_empty() || line == b"\r") {
-                return true;
-            }
-            line_start = newline + 1;
-        }
-        let rest = &bytes[line_start..];
-        let after_newline = line_start > 0 || self.at_line_start;
-        self.at_line_start = after_newline && (rest.is_empty() || rest == b"\r");
-        false
-    }
-
-    /// Notes a response being written: the connection is busy answering,
-    /// and idle from there until the next request begins. An interim
-    /// `100 Continue` leaves the request being served.
-    fn wrote(&mut self, bytes: &[u8]) {
-        if bytes.starts_with(b"HTTP/1.1 1") {
+    /// Notes a response being written: from here the connection is idle
+    /// until the next request begins (writing more of a long response
+    /// keeps pushing that limit back). An interim `100 Continue` leaves
+    /// the request being served.
+    fn wrote(&mut self, first: &[u8]) {
+        if first.starts_with(b"HTTP/1.1 1") {
             return;
         }
-        if self.phase == Phase::Busy || self.phase == Phase::Idle {
-            self.phase = Phase::Idle;
+        if self.phase.get() != HEAD {
+            self.phase.set(IDLE);
             self.deadline = Instant::now() + IDLE_TIMEOUT;
         }
     }
@@ -123,19 +112,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let this = &mut *self;
-                this.saw(&buf.filled()[before..]);
+                if buf.filled().len() > before {
+                    self.read_some();
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if self.phase == Phase::Busy => Poll::Pending,
+            Poll::Pending if self.phase.get() == SERVED => Poll::Pending,
             Poll::Pending => {
                 let this = &mut *self;
                 loop {
                     if Instant::now() >= this.deadline {
-                        let limit = match this.phase {
-                            Phase::Head => "request head not complete 10 s after its first byte",
-                            _ => "connection idle for 30 s",
+                        let limit = if this.phase.get() == HEAD {
+                            "request head not complete 10 s after its first byte"
+                        } else {
+                            "connection idle for 30 s"
                         };
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, limit)));
                     }
@@ -166,6 +157,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
         written
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &written
+            && *n > 0
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+        {
+            let first: &[u8] = first;
+            self.wrote(first);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // hyper writes a head and a body without copying them together
+        // only when the stream takes both at once.
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -175,44 +188,56 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
     }
 }
 
+/// A connection's service, which tells its [`Deadlines`] that a head has
+/// been parsed whole: hyper calls it exactly then.
+#[derive(Clone)]
+pub struct MarkServed<S> {
+    inner: S,
+    phase: Arc<Phase>,
+}
+
+impl<S> MarkServed<S> {
+    pub fn new(inner: S, phase: Arc<Phase>) -> Self {
+        MarkServed { inner, phase }
+    }
+}
+
+impl<R, S: hyper::service::Service<R>> hyper::service::Service<R> for MarkServed<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.phase.set(SERVED);
+        self.inner.call(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ends(chunks: &[&[u8]]) -> Option<usize> {
-        let mut d = Deadlines::new(());
-        for (i, chunk) in chunks.iter().enumerate() {
-            d.saw(chunk);
-            if d.phase == Phase::Busy {
-                return Some(i);
-            }
-        }
-        None
-    }
-
     #[tokio::test]
-    async fn finds_the_end_of_a_head_across_reads() {
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), Some(0));
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r\n", b"\r\n"]), Some(1));
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r", b"\n", b"\r", b"\n"]), Some(3));
-        assert_eq!(ends(&[b"GET / HTTP/1.1\n\n"]), Some(0));
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), None);
-        assert_eq!(
-            ends(&[b"GET / HT", b"TP/1.1\r\nA: b\r\n", b"C: d\r\n"]),
-            None
-        );
-        // Blank lines before the request line do not end it.
-        assert_eq!(ends(&[b"\r\n", b"GET / HTTP/1.1\r\n"]), None);
-    }
-
-    #[tokio::test]
-    async fn a_response_makes_the_connection_idle_but_an_interim_one_does_not() {
-        let mut d = Deadlines::new(());
-        d.saw(b"PUT /kv/a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n");
-        assert_eq!(d.phase, Phase::Busy);
+    async fn bytes_start_a_head_a_call_ends_it_and_a_response_makes_it_idle() {
+        let phase = Arc::new(Phase::default());
+        let mut d = Deadlines::new((), Arc::clone(&phase));
+        assert_eq!(phase.get(), IDLE);
+        // Blank lines, or a head's first bytes: a head has begun, and
+        // only the parser can say when it ends.
+        d.read_some();
+        assert_eq!(phase.get(), HEAD);
+        let head_deadline = d.deadline;
+        d.read_some();
+        assert_eq!(d.deadline, head_deadline, "more bytes do not extend a head");
+        // A canned 400 for a bad head leaves the clock running.
+        d.wrote(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        assert_eq!(phase.get(), HEAD);
+        phase.set(SERVED);
         d.wrote(b"HTTP/1.1 100 Continue\r\n\r\n");
-        assert_eq!(d.phase, Phase::Busy);
+        assert_eq!(phase.get(), SERVED);
+        d.read_some();
+        assert_eq!(phase.get(), SERVED, "a body being read is not a head");
         d.wrote(b"HTTP/1.1 200 OK\r\n\r\n");
-        assert_eq!(d.phase, Phase::Idle);
+        assert_eq!(phase.get(), IDLE);
     }
 }

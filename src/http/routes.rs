@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use warp::Filter;
 use warp::http::header::{
     ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -507,7 +507,18 @@ async fn read_body<B: Buf>(
     let capacity = request.content_length.unwrap_or(0).min(max);
     let mut value = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
+    loop {
+        // A body nearly always came with its head: a timer only for one
+        // that has not.
+        let next = match body.next().now_or_never() {
+            Some(next) => next,
+            None => tokio::time::timeout(BODY_STALL_TIMEOUT, body.next())
+                .await
+                .map_err(|_| body_stalled())?,
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk =
             chunk.map_err(|_| text(StatusCode::BAD_REQUEST, "request body could not be read\n"))?;
         if (value.len() + chunk.remaining()) as u64 > max {
@@ -516,6 +527,22 @@ async fn read_body<B: Buf>(
         value.put(chunk);
     }
     Ok(value.freeze())
+}
+
+/// How long a request body may go without sending a byte: as long as a
+/// connection may stay idle (SPEC §7 bounds the head and the idle time;
+/// this keeps a body from holding a connection without limit).
+const BODY_STALL_TIMEOUT: std::time::Duration = crate::http::deadlines::IDLE_TIMEOUT;
+
+fn body_stalled() -> Response {
+    let mut response = text(
+        StatusCode::REQUEST_TIMEOUT,
+        "request body stalled: no data for 30 s; send the whole body without pausing\n",
+    );
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The answer to a write: 200 once it is durable and applied; otherwise

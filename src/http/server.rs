@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::http::canned::WithContentType;
-use crate::http::deadlines::{self, Deadlines};
+use crate::http::deadlines::{self, Deadlines, MarkServed, Phase};
 use crate::http::routes::{self, Api, Backend};
 use crate::security::Security;
 use crate::storage::store::Store;
@@ -163,21 +163,30 @@ pub async fn run(
 
 /// Serves one connection until it closes, or until shutdown has let its
 /// request in flight finish.
-async fn serve_connection<S, Svc>(
+async fn serve_connection<S, Svc, B>(
     http: hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
     stream: S,
     service: Svc,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    Svc: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Send
+        + 'static,
     Svc::Future: Send + 'static,
-    Svc::ResBody: Send + 'static,
-    <Svc::ResBody as hyper::body::Body>::Data: Send,
-    <Svc::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TokioIo::new(WithContentType::new(Deadlines::new(stream)));
-    let connection = http.serve_connection(stream, service);
+    let phase = Arc::new(Phase::default());
+    let stream = TokioIo::new(WithContentType::new(Deadlines::new(
+        stream,
+        Arc::clone(&phase),
+    )));
+    let connection = http.serve_connection(stream, MarkServed::new(service, phase));
     if let Err(e) = watcher.watch(connection).await {
         // Clients that vanish, stall or send garbage are routine.
         debug!("connection ended with an error: {e}");

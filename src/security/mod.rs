@@ -61,8 +61,15 @@ pub fn install_crypto_provider() {
 impl Security {
     /// Reads and checks what the flags name, and applies protected mode to
     /// the address the server will listen on.
-    pub fn load(args: &ServeArgs, listen: IpAddr) -> Result<Security, SecurityError> {
-        if args.token_file.is_none() && !args.insecure && !listen.is_loopback() {
+    /// Only a cluster member (`cluster`) needs what its peers are trusted
+    /// by.
+    pub fn load(
+        args: &ServeArgs,
+        listen: IpAddr,
+        cluster: bool,
+    ) -> Result<Security, SecurityError> {
+        // `::ffff:127.0.0.1` is loopback too.
+        if args.token_file.is_none() && !args.insecure && !listen.to_canonical().is_loopback() {
             return Err(SecurityError::Unprotected { ip: listen });
         }
         let token = match &args.token_file {
@@ -70,7 +77,7 @@ impl Security {
             None => None,
         };
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(Tls::load(cert, key, args.tls_ca.as_deref())?),
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key, args.tls_ca.as_deref(), cluster)?),
             // clap requires both or neither.
             _ => None,
         };

@@ -22,8 +22,9 @@ pub struct Tls {
     /// Wraps each accepted connection.
     pub acceptor: TlsAcceptor,
     /// What a member reaches its peers with: it trusts `--tls-ca`, or the
-    /// system's roots without it.
-    pub client: Arc<ClientConfig>,
+    /// system's roots without it. `None` on a single node, which reaches
+    /// nothing.
+    pub client: Option<Arc<ClientConfig>>,
 }
 
 #[derive(Debug, Error)]
@@ -59,9 +60,15 @@ pub enum TlsError {
 }
 
 impl Tls {
-    /// Reads the certificate chain and key the port serves, and what the
-    /// members trust: `ca`, or the system's roots.
-    pub fn load(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Tls, TlsError> {
+    /// Reads the certificate chain and key the port serves, and for a
+    /// cluster member what it trusts in its peers: `ca`, or the system's
+    /// roots.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        ca: Option<&Path>,
+        cluster: bool,
+    ) -> Result<Tls, TlsError> {
         let chain = certificates(cert, "the TLS certificate")?;
         if chain.is_empty() {
             return Err(TlsError::NoCertificate {
@@ -91,35 +98,48 @@ impl Tls {
             })?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-        let roots = match ca {
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                let cas = certificates(path, "the CA certificates")?;
-                if cas.is_empty() {
-                    return Err(TlsError::NoCa {
-                        path: path.to_owned(),
-                    });
-                }
-                for ca in cas {
-                    roots.add(ca).map_err(|error| TlsError::BadCa {
-                        path: path.to_owned(),
-                        error,
-                    })?;
-                }
-                roots
-            }
-            None => system_roots(),
+        let client = if cluster {
+            Some(Arc::new(client_config(provider, ca)?))
+        } else {
+            None
         };
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::Setup)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            client: Arc::new(client),
+            client,
         })
     }
+}
+
+/// What a member trusts in its peers: the certificates in `ca`, or the
+/// system's roots.
+fn client_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: Option<&Path>,
+) -> Result<ClientConfig, TlsError> {
+    let roots = match ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let cas = certificates(path, "the CA certificates")?;
+            if cas.is_empty() {
+                return Err(TlsError::NoCa {
+                    path: path.to_owned(),
+                });
+            }
+            for ca in cas {
+                roots.add(ca).map_err(|error| TlsError::BadCa {
+                    path: path.to_owned(),
+                    error,
+                })?;
+            }
+            roots
+        }
+        None => system_roots(),
+    };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Setup)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Every certificate in a PEM file, in order.

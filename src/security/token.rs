@@ -7,7 +7,7 @@
 //! [`Token::authorizes`] and the header members send each other.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -36,34 +36,39 @@ impl std::fmt::Debug for Token {
 
 #[derive(Debug, Error)]
 pub enum TokenError {
-    #[error("cannot read the token file {}: {error}; give --token-file a file this user can read", path.display())]
+    #[error("cannot read --token-file {}: {error}; give it a file this user can read", path.display())]
     Read {
         path: PathBuf,
         #[source]
         error: io::Error,
     },
+    #[error("--token-file {} is not a regular file; give it a file holding the token", path.display())]
+    NotAFile { path: PathBuf },
     #[error(
-        "the token file {} can be read by group or others (mode {mode:03o}); run `chmod 600 {}` so only its owner can",
+        "--token-file {} is open to group or others (mode {mode:03o}); run `chmod 600 {}` so only its owner can read it",
         path.display(),
         path.display()
     )]
     TooOpen { path: PathBuf, mode: u32 },
     #[error(
-        "the token file {} is empty; put a token of at least {MIN_TOKEN_LEN} characters in it, for example with `openssl rand -hex 32`",
+        "--token-file {} is empty; put a token of at least {MIN_TOKEN_LEN} characters in it, for example with `openssl rand -hex 32`",
         path.display()
     )]
     Empty { path: PathBuf },
     #[error(
-        "the token in {} is {len} characters long; use at least {MIN_TOKEN_LEN}, for example from `openssl rand -hex 32`",
+        "the token in --token-file {} is {len} characters long; use at least {MIN_TOKEN_LEN}, for example from `openssl rand -hex 32`",
         path.display()
     )]
     TooShort { path: PathBuf, len: usize },
     #[error(
-        "the token in {} holds characters an HTTP header cannot carry; use visible ASCII only, for example from `openssl rand -hex 32`",
+        "the token in --token-file {} holds characters an HTTP header cannot carry; use visible ASCII only, for example from `openssl rand -hex 32`",
         path.display()
     )]
     NotVisibleAscii { path: PathBuf },
 }
+
+/// More than any token needs: a token file is never read whole past this.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
 impl Token {
     /// Reads the token from `path`, refusing a file that group or others
@@ -74,14 +79,25 @@ impl Token {
             path: path.to_owned(),
             error,
         };
-        let mode = fs::metadata(path).map_err(read_error)?.permissions().mode() & 0o777;
+        // Checked on the open file, so the file read is the file checked.
+        let file = fs::File::open(path).map_err(read_error)?;
+        let metadata = file.metadata().map_err(read_error)?;
+        if !metadata.is_file() {
+            return Err(TokenError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(TokenError::TooOpen {
                 path: path.to_owned(),
                 mode,
             });
         }
-        let content = fs::read(path).map_err(read_error)?;
+        let mut content = Vec::new();
+        file.take(MAX_TOKEN_FILE)
+            .read_to_end(&mut content)
+            .map_err(read_error)?;
         Token::from_content(&content, path)
     }
 

@@ -447,6 +447,7 @@ impl Writer {
     pub fn start(layout: Layout, store: Arc<Store>, options: Options) -> io::Result<(Wal, Writer)> {
         let log = open_log(&layout.wal())?;
         let log_len = log.metadata()?.len();
+        crate::metrics::get().log_bytes.set(gauge(log_len));
         let prev_exists = layout.wal_prev().exists();
         let (tx, rx) = mpsc::channel();
         let wake = tx.clone();
@@ -776,6 +777,7 @@ impl WriterState {
             self.layout.wal().display()
         );
         self.unsynced = false;
+        self.unsynced_writes = 0;
         let failed = self.log.take();
         let uncut = match (failed, refused_from) {
             (Some(file), Some(len)) => cut_refused(file, len, &self.layout.wal()),
@@ -841,11 +843,14 @@ impl WriterState {
             let Some(log) = &self.log else {
                 return;
             };
+            let started = Instant::now();
             if let Err(e) = sync_log(log) {
                 self.suspend("sync", e, None);
                 return;
             }
+            crate::metrics::get().fsynced(started.elapsed(), self.unsynced_writes);
             self.unsynced = false;
+            self.unsynced_writes = 0;
             if let Err(e) = std::fs::rename(self.layout.wal(), self.layout.wal_prev()) {
                 // Nothing changed: the log goes on, and so do writes.
                 self.checkpoint_failed(&format!(
@@ -861,7 +866,6 @@ impl WriterState {
                 Ok(log) => {
                     self.log = Some(log);
                     self.log_len = 0;
-                    crate::metrics::get().log_bytes.set(0);
                     crate::metrics::get().log_bytes.set(0);
                 }
                 Err(e) => {
@@ -969,6 +973,7 @@ impl WriterState {
                 self.log_len = 0;
                 crate::metrics::get().log_bytes.set(0);
                 self.unsynced = false;
+                self.unsynced_writes = 0;
                 self.last_sync = Instant::now();
                 // The heal folded wal.prev.jsonl in too.
                 self.prev_exists = false;
