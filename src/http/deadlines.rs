@@ -6,9 +6,9 @@
 //! the end of the next head), so this module keeps the two apart with a
 //! [`Phase`] per connection, shared by two watchers: [`Deadlines`], around
 //! the connection's stream, starts the head's 10 s at the first byte read
-//! while idle and the idle 30 s at each response written; [`MarkServed`],
-//! around the service, ends the head's clock when hyper has parsed a head
-//! and calls the service, which is the only sure sign (blank lines before
+//! while idle and the idle 30 s at each response written; the connection's
+//! service (`gate`) ends the head's clock with [`Phase::served`] when hyper
+//! has parsed a head and calls it, which is the only sure sign (blank lines before
 //! a request line, pipelined requests read ahead and bodies all look like
 //! heads to anything but the parser). When a limit passes, the next read
 //! fails with `TimedOut` and hyper closes the connection.
@@ -52,31 +52,45 @@ impl Phase {
     fn set(&self, phase: u8) {
         self.0.store(phase, Ordering::Relaxed);
     }
+
+    /// A head has been parsed whole: its clock stops. The connection's
+    /// service calls this, as hyper calls the service exactly then.
+    pub fn served(&self) {
+        self.set(SERVED);
+    }
 }
 
 /// A stream whose reads fail once a slow-client limit has passed.
+///
+/// The clock is read and the timer touched only when a read has to wait,
+/// which a keep-alive connection does once per request (for the next
+/// one): the timer stays armed at or before the current limit, and when
+/// it fires early (the limit moved on) it is set again.
 pub struct Deadlines<S> {
     inner: S,
     phase: Arc<Phase>,
-    /// When the current limit passes (unused while a request is served).
-    deadline: Instant,
-    /// Wakes a pending read at `deadline`. Boxed once per connection;
-    /// moving a deadline later only updates it, which tokio does without
-    /// touching its timer wheel.
+    /// When the current wait began (the idle time or the head's), taken at
+    /// the first read that had to wait in it; `None` until then.
+    since: Option<Instant>,
+    /// Fires at or before the current limit. Boxed once per connection.
     timer: Pin<Box<Sleep>>,
+    /// Whether `timer` has been polled since it was last set, so that it
+    /// will wake this connection's task.
+    registered: bool,
 }
 
 impl<S> Deadlines<S> {
     /// Wraps a new connection's stream; `phase` is shared with the
-    /// connection's [`MarkServed`] service.
+    /// connection's service.
     pub fn new(inner: S, phase: Arc<Phase>) -> Self {
-        let deadline = Instant::now() + IDLE_TIMEOUT;
+        let now = Instant::now();
         phase.set(IDLE);
         Deadlines {
             inner,
             phase,
-            deadline,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            since: Some(now),
+            timer: Box::pin(tokio::time::sleep_until(now + IDLE_TIMEOUT)),
+            registered: false,
         }
     }
 
@@ -84,7 +98,9 @@ impl<S> Deadlines<S> {
     fn read_some(&mut self) {
         if self.phase.get() == IDLE {
             self.phase.set(HEAD);
-            self.deadline = Instant::now() + HEAD_TIMEOUT;
+            // Taken at the first read that waits: a head that came whole
+            // (nearly all) never reads the clock.
+            self.since = None;
         }
     }
 
@@ -98,7 +114,38 @@ impl<S> Deadlines<S> {
         }
         if self.phase.get() != HEAD {
             self.phase.set(IDLE);
-            self.deadline = Instant::now() + IDLE_TIMEOUT;
+            self.since = None;
+        }
+    }
+
+    /// A read has to wait: `Ready` with an error once the current limit
+    /// has passed, else `Pending` with the timer set to wake the task no
+    /// later than the limit.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let head = self.phase.get() == HEAD;
+        let limit = if head { HEAD_TIMEOUT } else { IDLE_TIMEOUT };
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let deadline = since + limit;
+        loop {
+            let late = self.timer.deadline() > deadline;
+            if self.registered && !late && !self.timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            if self.timer.is_elapsed() || late {
+                if Instant::now() >= deadline {
+                    let what = if head {
+                        "request head not complete 10 s after its first byte"
+                    } else {
+                        "connection idle for 30 s"
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
+                self.timer.as_mut().reset(deadline);
+            }
+            self.registered = true;
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 }
@@ -119,25 +166,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending if self.phase.get() == SERVED => Poll::Pending,
-            Poll::Pending => {
-                let this = &mut *self;
-                loop {
-                    if Instant::now() >= this.deadline {
-                        let limit = if this.phase.get() == HEAD {
-                            "request head not complete 10 s after its first byte"
-                        } else {
-                            "connection idle for 30 s"
-                        };
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, limit)));
-                    }
-                    if this.timer.deadline() != this.deadline {
-                        this.timer.as_mut().reset(this.deadline);
-                    }
-                    if this.timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
-            }
+            Poll::Pending => self.wait(cx),
         }
     }
 }
@@ -188,31 +217,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
     }
 }
 
-/// A connection's service, which tells its [`Deadlines`] that a head has
-/// been parsed whole: hyper calls it exactly then.
-#[derive(Clone)]
-pub struct MarkServed<S> {
-    inner: S,
-    phase: Arc<Phase>,
-}
-
-impl<S> MarkServed<S> {
-    pub fn new(inner: S, phase: Arc<Phase>) -> Self {
-        MarkServed { inner, phase }
-    }
-}
-
-impl<R, S: hyper::service::Service<R>> hyper::service::Service<R> for MarkServed<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, request: R) -> Self::Future {
-        self.phase.set(SERVED);
-        self.inner.call(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,9 +230,6 @@ mod tests {
         // only the parser can say when it ends.
         d.read_some();
         assert_eq!(phase.get(), HEAD);
-        let head_deadline = d.deadline;
-        d.read_some();
-        assert_eq!(d.deadline, head_deadline, "more bytes do not extend a head");
         // A canned 400 for a bad head leaves the clock running.
         d.wrote(b"HTTP/1.1 400 Bad Request\r\n\r\n");
         assert_eq!(phase.get(), HEAD);
@@ -239,5 +240,30 @@ mod tests {
         assert_eq!(phase.get(), SERVED, "a body being read is not a head");
         d.wrote(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(phase.get(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_times_out_at_its_limit_even_after_the_limit_moved() {
+        let phase = Arc::new(Phase::default());
+        let mut d = Deadlines::new((), Arc::clone(&phase));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(d.wait(&mut cx).is_pending());
+        // 20 s idle, then a response: the idle limit starts again.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        d.wrote(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(d.wait(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert!(
+            d.wait(&mut cx).is_pending(),
+            "45 s after the start, 25 s idle"
+        );
+        // Bytes of a head: 10 s from the first wait in it.
+        d.read_some();
+        assert!(d.wait(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(d.wait(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(d.wait(&mut cx), Poll::Ready(Err(_))));
     }
 }

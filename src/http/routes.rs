@@ -32,7 +32,6 @@ use warp::reply::{Reply, Response};
 use crate::cluster::node::{Leadership, Node, ReceiveError, Refused};
 use crate::cluster::partition::PartitionFile;
 use crate::metrics::{self, RaftState, RouteLabel};
-use crate::security::token::Token;
 use crate::storage::store::Store;
 use crate::storage::validate::{self, ValueError};
 use crate::storage::wal::{Op, Wal, WriteError};
@@ -58,8 +57,8 @@ const KV_METHODS: &str = "GET, HEAD, PUT, DELETE";
 const HEALTH_METHODS: &str = "GET, HEAD";
 const CLEAR_METHODS: &str = "DELETE";
 
-/// What every request is answered with: the store, where writes go, and
-/// what the server enforces.
+/// What every request is answered with: the store, and where writes go.
+/// (The token is checked before a request gets here, by `gate`.)
 pub struct Api {
     /// Reads are answered from it.
     pub store: Arc<Store>,
@@ -67,8 +66,6 @@ pub struct Api {
     pub backend: Backend,
     /// PUT bodies above this size get 413.
     pub max_value_bytes: u64,
-    /// Every request but `GET|HEAD /health` must carry it, when set.
-    pub token: Option<Arc<Token>>,
     /// `http` or `https`: what redirects to the leader begin with.
     pub scheme: &'static str,
 }
@@ -84,23 +81,16 @@ pub fn routes(
     let api = Arc::new(api);
     // The query string matters only to a redirect, which must keep it.
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    // A header that is not visible ASCII cannot be the token: it is kept
-    // as an empty credential, which never matches, instead of a 400.
-    let authorization = warp::header::optional::<String>("authorization")
-        .or(warp::any().map(|| Some(String::new())))
-        .unify();
     warp::method()
         .and(warp::path::full())
         .and(query)
         .and(warp::header::optional::<u64>("content-length"))
-        .and(authorization)
         .and(warp::body::stream())
         .then(
             move |method: Method,
                   path: warp::path::FullPath,
                   query: String,
                   content_length,
-                  authorization: Option<String>,
                   body| {
                 let api = Arc::clone(&api);
                 async move {
@@ -115,19 +105,15 @@ pub fn routes(
                         max_value_bytes: api.max_value_bytes,
                         scheme: api.scheme,
                     };
-                    let response = if authorized(&api, &request, &route, authorization.as_deref()) {
-                        handle(
-                            &api.store,
-                            &api.backend,
-                            route,
-                            request.method.clone(),
-                            &request,
-                            body,
-                        )
-                        .await
-                    } else {
-                        unauthorized()
-                    };
+                    let response = handle(
+                        &api.store,
+                        &api.backend,
+                        route,
+                        request.method.clone(),
+                        &request,
+                        body,
+                    )
+                    .await;
                     let took = started.elapsed();
                     let status = response.status().as_u16();
                     metrics::get().request(request.method.as_str(), label, status, took);
@@ -148,25 +134,8 @@ pub fn routes(
         .recover(|_| async { Ok::<_, Infallible>(text(StatusCode::BAD_REQUEST, "bad request\n")) })
 }
 
-/// Whether a request may be served: with a token set, only `GET|HEAD
-/// /health` goes without it (so load balancers and orchestrators can probe
-/// liveness); everything else, unknown paths included, must carry it.
-fn authorized(
-    api: &Api,
-    request: &Request<'_>,
-    route: &Route<'_>,
-    authorization: Option<&str>,
-) -> bool {
-    let Some(token) = &api.token else {
-        return true;
-    };
-    if *route == Route::Health && matches!(request.method, Method::GET | Method::HEAD) {
-        return true;
-    }
-    token.authorizes(authorization.map(str::as_bytes))
-}
-
-fn unauthorized() -> Response {
+/// The answer to a request without the token (see `gate`).
+pub fn unauthorized() -> Response {
     let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
     response
         .headers_mut()
@@ -222,6 +191,11 @@ impl Route<'_> {
             Route::Unknown => RouteLabel::Unknown,
         }
     }
+}
+
+/// How the metrics count a request for `path`.
+pub fn route_label(path: &str) -> RouteLabel {
+    route(path).label()
 }
 
 fn route(path: &str) -> Route<'_> {

@@ -26,9 +26,11 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::http::canned::WithContentType;
-use crate::http::deadlines::{self, Deadlines, MarkServed, Phase};
+use crate::http::deadlines::{self, Deadlines, Phase};
+use crate::http::gate::Gate;
 use crate::http::routes::{self, Api, Backend};
 use crate::security::Security;
+use crate::security::token::Token;
 use crate::storage::store::Store;
 
 /// hyper's own head timer, which runs from the end of a response to the
@@ -81,9 +83,9 @@ pub async fn run(
         store,
         backend,
         max_value_bytes: config.max_value_bytes,
-        token: config.security.token.clone(),
         scheme: config.security.scheme(),
     }));
+    let token = config.security.token.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -110,11 +112,12 @@ pub async fn run(
         // only adds latency.
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());
+        let token = token.clone();
         let watcher = graceful.watcher();
         let http = http.clone();
         match &config.security.tls {
             None => {
-                tokio::spawn(serve_connection(http, watcher, stream, service));
+                tokio::spawn(serve_connection(http, watcher, stream, service, token));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor.clone();
@@ -124,7 +127,9 @@ pub async fn run(
                     match tokio::time::timeout(deadlines::HEAD_TIMEOUT, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(stream)) => serve_connection(http, watcher, stream, service).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(http, watcher, stream, service, token).await
+                        }
                         Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
                         Err(_) => debug!("TLS handshake not complete after 10 s; closing"),
                     }
@@ -163,30 +168,28 @@ pub async fn run(
 
 /// Serves one connection until it closes, or until shutdown has let its
 /// request in flight finish.
-async fn serve_connection<S, Svc, B>(
+async fn serve_connection<S, Svc>(
     http: hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
     stream: S,
     service: Svc,
+    token: Option<Arc<Token>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<B>,
+            Response = warp::reply::Response,
         > + Send
         + 'static,
     Svc::Future: Send + 'static,
     Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let phase = Arc::new(Phase::default());
     let stream = TokioIo::new(WithContentType::new(Deadlines::new(
         stream,
         Arc::clone(&phase),
     )));
-    let connection = http.serve_connection(stream, MarkServed::new(service, phase));
+    let connection = http.serve_connection(stream, Gate::new(service, phase, token));
     if let Err(e) = watcher.watch(connection).await {
         // Clients that vanish, stall or send garbage are routine.
         debug!("connection ended with an error: {e}");
