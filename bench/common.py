@@ -16,10 +16,12 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 KVS = os.path.join(TARGET, "release", "kvs")
 
 
-def build():
-    """Builds the release binary (cargo does nothing if it is up to date)."""
+def build(features=""):
+    """Builds the release binary (cargo does nothing if it is up to date),
+    with the given cargo features (comma-separated) if any."""
+    extra = ["--features", features] if features else []
     subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(REPO, "Cargo.toml")],
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(REPO, "Cargo.toml"), *extra],
         check=True,
     )
 

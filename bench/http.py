@@ -9,7 +9,7 @@ at 64 connections, reporting the median requests/s and p99 latency of each
 and the ratio of GET and PUT to /health.
 
 Usage: bench/http.py [--runs 5] [--seconds 10] [--connections 64] [--no-pin]
-                     [--baseline-rev REV]
+                     [--baseline-rev REV] [--features FEATURES]
 
 By default the server is pinned to CPU 0 and wrk (one thread) to CPU 1, so
 that the load generator never competes with the server for a core and every
@@ -189,7 +189,11 @@ def main():
                         help="let the server and wrk share both cores freely")
     parser.add_argument("--baseline-rev", metavar="REV",
                         help="also measure REV's binary, and report current / baseline")
+    parser.add_argument("--features", default="",
+                        help="cargo features for the current build (e.g. allocator-mimalloc)")
     args = parser.parse_args()
+    if args.features and args.baseline_rev:
+        parser.error("--features applies to the plain benchmark, not to --baseline-rev")
     if args.pin and (os.cpu_count() or 1) < 2:
         args.pin = False
 
@@ -208,7 +212,7 @@ def main():
             shutil.copy(KVS, binaries["current"])
             results = run_against_baseline(args, binaries, data_file)
         else:
-            build()
+            build(args.features)
             results = run_current(args, workdir)
 
     placement = ("server pinned to CPU 0, wrk (1 thread) to CPU 1" if args.pin

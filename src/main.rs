@@ -11,6 +11,19 @@ use kvs::commands::{completions, dump, get, restore, serve};
 use kvs::error::{self, Error, Outcome};
 use kvs::shutdown;
 
+// Other allocators than glibc's, built only on request to compare them
+// (see the `allocator-*` features in Cargo.toml).
+#[cfg(all(feature = "allocator-mimalloc", feature = "allocator-jemalloc"))]
+compile_error!("choose one of the features allocator-mimalloc and allocator-jemalloc");
+
+#[cfg(feature = "allocator-mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "allocator-jemalloc", not(feature = "allocator-mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

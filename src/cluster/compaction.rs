@@ -5,8 +5,10 @@
 //! on (each key as of some moment after the index it is labelled with,
 //! which replaying the log after the label corrects; see `log_store`) and
 //! writes it as a data file; the loop then switches to it through the log
-//! store's commit point. This module owns only that sequence: it must
-//! never block the loop on the copy or the write.
+//! store's commit point. The copy shares the store's pairs (see
+//! `Store::fuzzy_copy`), so it costs a pointer a pair, not a second copy
+//! of the data. This module owns only that sequence: it must never block
+//! the loop on the copy or the write.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

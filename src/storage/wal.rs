@@ -36,7 +36,10 @@
 //!    this);
 //! 2. a background thread copies the store one shard at a time (reads and
 //!    writes go on; the copy is "fuzzy", each key as it was at some moment
-//!    after step 1), sorts it and replaces `snapshot.jsonl` atomically;
+//!    after step 1), sorts it and replaces `snapshot.jsonl` atomically.
+//!    The copy shares the pairs with the store, which never changes a pair
+//!    in place (a write puts a new one in its slot), so it holds each key's
+//!    value as of the moment its shard was copied, for a pointer a pair;
 //! 3. it removes `wal.prev.jsonl` and syncs the directory.
 //!
 //! A crash before 2 completes leaves the old snapshot and both logs; after
