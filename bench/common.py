@@ -51,17 +51,17 @@ def need(tool, package):
     subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", package], check=True)
 
 
+def write_lines(path, count, line):
+    """Writes `line(i)` for i in 0..count to `path`, 10,000 lines a write."""
+    with open(path, "w") as f:
+        for start in range(0, count, 10000):
+            f.write("".join(line(i) for i in range(start, min(start + 10000, count))))
+
+
 def write_data_file(path, keys, value_bytes=100, prefix="key-"):
     """Writes a sorted data file of `keys` pairs with values of `value_bytes`."""
     value = "v" * value_bytes
-    with open(path, "w") as f:
-        chunk = []
-        for i in range(keys):
-            chunk.append(f'{{"key":"{prefix}{i:08d}","value":"{value}"}}\n')
-            if len(chunk) == 10000:
-                f.write("".join(chunk))
-                chunk = []
-        f.write("".join(chunk))
+    write_lines(path, keys, lambda i: f'{{"key":"{prefix}{i:08d}","value":"{value}"}}\n')
 
 
 class Server:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 
-from common import Server, build, machine, median, need
+from common import Server, build, machine, median, need, write_lines
 
 VALUE_BYTES = 100
 CONNECTIONS = 64
@@ -195,14 +195,8 @@ def resp_file(path, keys):
     """The Redis protocol for SET key-%08d vvv... of every key, as
     `redis-cli --pipe` reads it."""
     value = "v" * VALUE_BYTES
-    with open(path, "w") as f:
-        chunk = []
-        for i in range(keys):
-            chunk.append(f"*3\r\n$3\r\nSET\r\n$12\r\nkey-{i:08d}\r\n${VALUE_BYTES}\r\n{value}\r\n")
-            if len(chunk) == 10000:
-                f.write("".join(chunk))
-                chunk = []
-        f.write("".join(chunk))
+    write_lines(path, keys,
+                lambda i: f"*3\r\n$3\r\nSET\r\n$12\r\nkey-{i:08d}\r\n${VALUE_BYTES}\r\n{value}\r\n")
 
 
 def run_redis(keys, commands):
