@@ -40,7 +40,7 @@ set edit:completion:arg-completer[kvs] = {|@words|
             cand --peers 'The cluster''s members, comma-separated HOST:PORT or :PORT (meaning 127.0.0.1:PORT); listing this member too is allowed. Empty or unset: a single node'
             cand --addr 'This member''s address and ID in the cluster, HOST:PORT, as the other members reach it [default: BIND:PORT]'
             cand --commit-timeout 'How long a cluster write may wait to be committed on a majority (and a read to have leadership confirmed) before it is answered 503'
-            cand --token-file 'File holding the token that every request but GET /health must carry as `Authorization: Bearer TOKEN` (surrounding whitespace trimmed; at least 32 characters; readable by its owner only). Every member of a cluster uses the same one'
+            cand --token-file 'File holding the token that every request but GET or HEAD /health must carry as `Authorization: Bearer TOKEN` (surrounding whitespace trimmed; at least 32 visible ASCII characters; no access for group or others). Every member of a cluster uses the same one'
             cand --tls-cert 'PEM certificate chain (leaf first) for the port to serve HTTPS only; needs --tls-key'
             cand --tls-key 'PEM private key of --tls-cert'
             cand --tls-ca 'PEM CA certificates that members verify each other''s certificates against [default: the system''s roots]'

@@ -50,7 +50,7 @@ Examples:
   curl -X PUT --data-binary 'hello' http://127.0.0.1:8001/kv/greeting
   curl http://127.0.0.1:8001/kv/greeting
   kvs serve --port 8001 --working-dir n1 --peers=:8001,:8002,:8003
-  ADDR=10.0.42.101:8080 PEERS=10.0.42.102:8080,10.0.42.103:8080 kvs serve
+  ADDR=10.0.42.101:8080 PEERS=10.0.42.102:8080,10.0.42.103:8080 kvs serve --token-file token
 
 With --peers (or PEERS), the server is one member of a static cluster \
 that replicates every write through Raft: writes go to the leader (other \
@@ -121,10 +121,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
     pub commit_timeout: Duration,
 
-    /// File holding the token that every request but GET /health must carry
-    /// as `Authorization: Bearer TOKEN` (surrounding whitespace trimmed; at
-    /// least 32 characters; readable by its owner only). Every member of a
-    /// cluster uses the same one
+    /// File holding the token that every request but GET or HEAD /health
+    /// must carry as `Authorization: Bearer TOKEN` (surrounding whitespace
+    /// trimmed; at least 32 visible ASCII characters; no access for group
+    /// or others). Every member of a cluster uses the same one
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 

@@ -6,7 +6,8 @@
 //! clap definition that completions and man pages are generated from); it
 //! is not a stable API.
 //!
-//! The folders are the layers, and imports only point down them:
+//! The folders are the layers, and imports only point down them (`cluster`,
+//! a member's Raft node, sits between `http` and `storage`):
 //! `commands` (one module per subcommand) use `http` (the API and its
 //! server) and `storage` (the in-memory map, the data-file format, the
 //! write-ahead log and the directory's layout); `storage` uses nothing

@@ -1,5 +1,6 @@
 //! The `kvs` binary: parse the command line, run one subcommand, turn its
-//! result into an exit code. Nothing else lives here.
+//! result into an exit code, and (in builds that ask for one) name the
+//! global allocator. Nothing else lives here.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

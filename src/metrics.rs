@@ -110,7 +110,7 @@ pub struct Metrics {
     /// How long each completed checkpoint (or compaction) took.
     pub checkpoint_seconds: Histogram,
     checkpoints: Family<ResultLabels, Counter>,
-    /// Failed reads, writes, fsyncs and renames of the data directory.
+    /// Failed writes, fsyncs and renames in the data directory.
     pub disk_errors: Counter,
     /// Raft's state, set when scraped; registered only in cluster mode.
     raft_term: Gauge,

@@ -14,6 +14,8 @@
 //! this module knows of Raft only "not the leader" (307 or 503) and
 //! "outcome unknown" (503). It also serves `/cluster/*` and takes the
 //! members' `/raft/*` messages; in single-node mode those are 404.
+//! `/metrics` answers in both modes. The token is checked before a request
+//! gets here (`gate`).
 
 use std::borrow::Cow;
 use std::convert::Infallible;

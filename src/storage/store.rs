@@ -17,9 +17,10 @@
 //! milliseconds. (`dashmap` shards the same way, but hides the shard locks
 //! that `clear` and `view` must take together.)
 //!
-//! Writes come only from the write-ahead log's writer thread (`wal`), which
-//! applies each one after logging it; that single writer is what keeps the
-//! map equal to the log, so this module needs no notion of shutdown.
+//! Writes come from one thread only: the write-ahead log's writer (`wal`)
+//! on a single node, the Raft loop (`cluster::raft_loop`) in a cluster; each
+//! applies a write after logging it, and that single writer is what keeps
+//! the map equal to the log, so this module needs no notion of shutdown.
 //!
 //! Each pair is reference-counted, so a checkpoint's copy of the store
 //! ([`Store::fuzzy_copy`]) shares the pairs instead of duplicating them: it

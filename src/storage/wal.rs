@@ -856,11 +856,14 @@ impl WriterState {
             self.unsynced_writes = 0;
             if let Err(e) = std::fs::rename(self.layout.wal(), self.layout.wal_prev()) {
                 // Nothing changed: the log goes on, and so do writes.
-                self.checkpoint_failed(&format!(
-                    "cannot rename {} to {}: {e}",
-                    self.layout.wal().display(),
-                    self.layout.wal_prev().display()
-                ));
+                self.checkpoint_failed(
+                    &format!(
+                        "cannot rename {} to {}: {e}",
+                        self.layout.wal().display(),
+                        self.layout.wal_prev().display()
+                    ),
+                    true,
+                );
                 return;
             }
             self.prev_exists = true;
@@ -888,16 +891,18 @@ impl WriterState {
         if !self.spawn_job("kvs-checkpoint", |layout, store| {
             JobOutcome::Checkpoint(checkpoint(layout, store))
         }) {
-            self.checkpoint_failed("the checkpoint thread could not start");
+            self.checkpoint_failed("the checkpoint thread could not start", false);
         }
     }
 
-    fn checkpoint_failed(&mut self, reason: &str) {
+    /// `disk` says whether the disk failed (a rename, a write, an fsync,
+    /// a removal) rather than, say, a thread that could not start.
+    fn checkpoint_failed(&mut self, reason: &str, disk: bool) {
         let metrics = crate::metrics::get();
         metrics.checkpoint_failed();
-        // Every way a checkpoint fails is the disk's: a rename, a write,
-        // an fsync or a removal.
-        metrics.disk_errors.inc();
+        if disk {
+            metrics.disk_errors.inc();
+        }
         let retry = Retry::after(self.checkpoint_retry);
         error!(
             "checkpoint failed: {reason}; retrying in {} ms (the logs keep every write meanwhile)",
@@ -944,7 +949,7 @@ impl WriterState {
                 self.prev_exists = false;
                 self.checkpoint_retry = None;
             }
-            Ok(JobOutcome::Checkpoint(Err(e))) => self.checkpoint_failed(&e.to_string()),
+            Ok(JobOutcome::Checkpoint(Err(e))) => self.checkpoint_failed(&e.to_string(), true),
             Ok(JobOutcome::Heal(result)) => self.heal_ended(result),
             Err(_) => {
                 error!("a background thread of the write-ahead log panicked; trying again");
