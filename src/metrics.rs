@@ -101,7 +101,7 @@ pub struct Metrics {
     /// Pairs in the store, set when scraped.
     keys: Gauge,
     /// Bytes in the write-ahead log (or a member's Raft log).
-    pub log_bytes: Gauge,
+    log_bytes: Gauge,
     /// How long each fsync of the log took.
     pub fsync_seconds: Histogram,
     /// Writes made durable by one fsync (group commit); fsyncs that carried
@@ -295,6 +295,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the size of the log since the last checkpoint.
+    pub fn set_log_bytes(&self, bytes: u64) {
+        self.log_bytes.set(gauge(bytes));
+    }
+
     /// Counts one fsync of the log that made `writes` writes durable. An
     /// fsync that carried no write (a checkpoint's, or a member's that
     /// only recorded a commit index) counts in the latency alone, so the
@@ -309,12 +314,11 @@ impl Metrics {
     /// The exposition: what single nodes and members both show, and with
     /// `raft` (a member's state, read now) what only members show.
     pub fn encode(&self, keys: usize, raft: Option<RaftState>) -> String {
-        self.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.keys.set(gauge(keys as u64));
         let mut text = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.common);
         if let Some(raft) = raft {
-            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             self.raft_term.set(gauge(raft.term));
             self.raft_commit_index.set(gauge(raft.commit_index));
             self.raft_applied_index.set(gauge(raft.applied_index));
@@ -327,6 +331,11 @@ impl Metrics {
         }
         text
     }
+}
+
+/// A count as a gauge's value (gauges are signed).
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// A member's Raft state at a scrape.

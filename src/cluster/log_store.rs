@@ -453,9 +453,7 @@ impl LogStore {
             self.unsynced = false;
             self.unsynced_entries = 0;
         }
-        metrics
-            .log_bytes
-            .set(i64::try_from(self.log_len).unwrap_or(i64::MAX));
+        metrics.set_log_bytes(self.log_len);
         Ok(())
     }
 

@@ -53,11 +53,13 @@ where
         // hyper calls a service exactly when it has parsed a head.
         self.phase.served();
         if let Some(token) = &self.token {
-            let started = Instant::now();
             let open = request.uri().path() == "/health"
                 && matches!(*request.method(), Method::GET | Method::HEAD);
             let credentials = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
             if !open && !token.authorizes(credentials) {
+                // Only refusals read the clock here: a request let through
+                // is timed by the routes, which answer it.
+                let started = Instant::now();
                 let route = routes::route_label(request.uri().path());
                 metrics::get().request(request.method().as_str(), route, 401, started.elapsed());
                 // Never the header itself.

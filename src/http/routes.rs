@@ -107,15 +107,7 @@ pub fn routes(
                         max_value_bytes: api.max_value_bytes,
                         scheme: api.scheme,
                     };
-                    let response = handle(
-                        &api.store,
-                        &api.backend,
-                        route,
-                        request.method.clone(),
-                        &request,
-                        body,
-                    )
-                    .await;
+                    let response = handle(&api.store, &api.backend, route, &request, body).await;
                     let took = started.elapsed();
                     let status = response.status().as_u16();
                     metrics::get().request(request.method.as_str(), label, status, took);
@@ -222,11 +214,10 @@ async fn handle<B: Buf>(
     store: &Store,
     backend: &Backend,
     route: Route<'_>,
-    method: Method,
     request: &Request<'_>,
     body: impl Stream<Item = Result<B, warp::Error>>,
 ) -> Response {
-    let method = &method;
+    let method = &request.method;
     let node = match backend {
         Backend::Single(_) => None,
         Backend::Cluster(node) => Some(node),

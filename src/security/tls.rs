@@ -16,6 +16,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
+/// TLS 1.3 and 1.2, as SPEC §7 says, on both sides.
+const PROTOCOLS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
 /// The server side and, for a cluster member, the client side of TLS.
 #[derive(Clone)]
 pub struct Tls {
@@ -87,7 +91,7 @@ impl Tls {
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(PROTOCOLS)
             .map_err(TlsError::Setup)?
             .with_no_client_auth()
             .with_single_cert(chain, private_key)
@@ -136,7 +140,7 @@ fn client_config(
         None => system_roots(),
     };
     Ok(ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(PROTOCOLS)
         .map_err(TlsError::Setup)?
         .with_root_certificates(roots)
         .with_no_client_auth())

@@ -450,7 +450,6 @@ impl Writer {
     pub fn start(layout: Layout, store: Arc<Store>, options: Options) -> io::Result<(Wal, Writer)> {
         let log = open_log(&layout.wal())?;
         let log_len = log.metadata()?.len();
-        crate::metrics::get().log_bytes.set(gauge(log_len));
         let prev_exists = layout.wal_prev().exists();
         let (tx, rx) = mpsc::channel();
         let wake = tx.clone();
@@ -513,10 +512,14 @@ fn append(log: &mut File, buf: &[u8]) -> io::Result<()> {
     log.write_all(buf)
 }
 
-/// Makes the log's appended records durable.
-fn sync_log(log: &File) -> io::Result<()> {
+/// Makes the log's appended records durable: `writes` of them since the
+/// last fsync, which the metrics count with the time it took.
+fn sync_log(log: &File, writes: usize) -> io::Result<()> {
+    let started = Instant::now();
     fault::io_point("wal-fsync")?;
-    log.sync_data()
+    log.sync_data()?;
+    crate::metrics::get().fsynced(started.elapsed(), writes);
+    Ok(())
 }
 
 /// When a heal or a checkpoint that failed is tried again: the first retry
@@ -623,7 +626,11 @@ impl WriterState {
     fn run(&mut self, rx: &mpsc::Receiver<Message>) {
         let mut batch: Vec<Waiting> = Vec::new();
         let mut buf = Vec::new();
+        let metrics = crate::metrics::get();
         loop {
+            // Read off the writer's own count once a round, whatever
+            // changed it (a batch, a checkpoint's switch, a heal).
+            metrics.set_log_bytes(self.log_len);
             let mut stop = false;
             match self.next_message(rx) {
                 Some(Message::Write { op, done }) => batch.push((op, done)),
@@ -703,16 +710,10 @@ impl WriterState {
             serde_json::to_writer(&mut *buf, op).expect("a record always serializes");
             buf.push(b'\n');
         }
-        let metrics = crate::metrics::get();
         let durable = append(log, buf)
             .map_err(|e| ("append to", e))
             .and_then(|()| match fsync {
-                FsyncPolicy::Always => {
-                    let started = Instant::now();
-                    sync_log(log).map_err(|e| ("sync", e))?;
-                    metrics.fsynced(started.elapsed(), batch.len());
-                    Ok(())
-                }
+                FsyncPolicy::Always => sync_log(log, batch.len()).map_err(|e| ("sync", e)),
                 FsyncPolicy::Periodic => Ok(()),
             });
         if let Err((what, e)) = durable {
@@ -726,7 +727,6 @@ impl WriterState {
             return;
         }
         self.log_len += buf.len() as u64;
-        metrics.log_bytes.set(gauge(self.log_len));
         match fsync {
             FsyncPolicy::Always => self.last_sync = Instant::now(),
             FsyncPolicy::Periodic => {
@@ -756,12 +756,7 @@ impl WriterState {
         let Some(log) = &self.log else {
             return;
         };
-        let started = Instant::now();
-        let synced = sync_log(log);
-        if synced.is_ok() {
-            crate::metrics::get().fsynced(started.elapsed(), writes);
-        }
-        if let Err(e) = synced {
+        if let Err(e) = sync_log(log, writes) {
             // Every record in the log was acknowledged, so none is cut;
             // those the failed sync may have lost are in memory, and the
             // heal saves them.
@@ -846,12 +841,10 @@ impl WriterState {
             let Some(log) = &self.log else {
                 return;
             };
-            let started = Instant::now();
-            if let Err(e) = sync_log(log) {
+            if let Err(e) = sync_log(log, self.unsynced_writes) {
                 self.suspend("sync", e, None);
                 return;
             }
-            crate::metrics::get().fsynced(started.elapsed(), self.unsynced_writes);
             self.unsynced = false;
             self.unsynced_writes = 0;
             if let Err(e) = std::fs::rename(self.layout.wal(), self.layout.wal_prev()) {
@@ -872,7 +865,6 @@ impl WriterState {
                 Ok(log) => {
                     self.log = Some(log);
                     self.log_len = 0;
-                    crate::metrics::get().log_bytes.set(0);
                 }
                 Err(e) => {
                     // The old log is wal.prev.jsonl now; with no log to
@@ -979,7 +971,6 @@ impl WriterState {
                 self.suspended = None;
                 self.log = Some(log);
                 self.log_len = 0;
-                crate::metrics::get().log_bytes.set(0);
                 self.unsynced = false;
                 self.unsynced_writes = 0;
                 self.last_sync = Instant::now();
@@ -1044,11 +1035,6 @@ fn heal(layout: &Layout, store: &Store) -> Result<(File, snapshot::WriteSummary)
         error,
     })?;
     Ok((log, saved))
-}
-
-/// A byte count as a gauge's value.
-fn gauge(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// Steps 2 and 3 of a checkpoint (see the module docs).
