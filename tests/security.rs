@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::tls::{https_request, make_certs};
-use common::{Response, Server, read_response, send_raw, temp_dir};
+use common::{Response, Server, raw_request, read_response, send_raw, temp_dir};
 
 const TOKEN: &str = "s3cr3t-token-0123456789abcdefghijklmnop";
 
@@ -24,16 +24,12 @@ fn token_file(dir: &Path, content: &str, mode: u32) -> PathBuf {
 
 /// One request with an optional `Authorization` header.
 fn send(addr: SocketAddr, method: &str, path: &str, authorization: Option<&str>) -> Response {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(value) = authorization {
-        raw.push_str(&format!("Authorization: {value}\r\n"));
-    }
-    if method == "PUT" {
-        raw.push_str("Content-Length: 1\r\n\r\nv");
-    } else {
-        raw.push_str("\r\n");
-    }
-    send_raw(addr, raw.as_bytes()).expect("request")
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let body = (method == "PUT").then_some(&b"v"[..]);
+    send_raw(addr, &raw_request(addr, method, path, &headers, body)).expect("request")
 }
 
 #[test]

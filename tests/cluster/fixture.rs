@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::common::tls::https_request;
-use crate::common::{KVS, Response, send_raw_request};
+use crate::common::{KVS, Response, raw_request, send_raw_request};
 
 /// How long a member may take to start listening or to exit after SIGKILL.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -527,19 +527,8 @@ impl Cluster {
             .collect();
         match ca {
             Some(ca) => https_request(self.addr(i), &ca, method, path, &headers, body),
-            None if headers.is_empty() => send_raw_request(self.addr(i), method, path, body),
             None => {
-                let mut raw = format!(
-                    "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-                    self.addr(i),
-                    body.map_or(0, <[u8]>::len)
-                );
-                for (name, value) in &headers {
-                    raw.push_str(&format!("{name}: {value}\r\n"));
-                }
-                raw.push_str("\r\n");
-                let mut raw = raw.into_bytes();
-                raw.extend_from_slice(body.unwrap_or_default());
+                let raw = raw_request(self.addr(i), method, path, &headers, body);
                 crate::common::send_raw(self.addr(i), &raw)
             }
         }

@@ -413,14 +413,29 @@ pub fn send_raw_request(
     path: &str,
     body: Option<&[u8]>,
 ) -> std::io::Result<Response> {
+    send_raw(addr, &raw_request(addr, method, path, &[], body))
+}
+
+/// The bytes of one request that closes its connection: the head with
+/// `headers` (and `Content-Length` when there is a body), then the body.
+pub fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
     let mut raw = head.into_bytes();
     raw.extend_from_slice(body.unwrap_or_default());
-    send_raw(addr, &raw)
+    raw
 }
 
 /// Four lives of a server on `dir`: each checks every key the earlier

@@ -85,17 +85,7 @@ pub fn https_request(
     let socket = TcpStream::connect(addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut tls = rustls::StreamOwned::new(connection, socket);
-    let body = body.unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    tls.write_all(head.as_bytes())?;
-    tls.write_all(body)?;
+    tls.write_all(&super::raw_request(addr, method, path, headers, body))?;
     tls.flush()?;
     super::read_response(&mut tls, method == "HEAD")
 }
